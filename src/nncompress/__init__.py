@@ -1,0 +1,48 @@
+"""nncompress: compress PyTorch models, keep them accurate, export them to ONNX.
+
+The training-time flow, compatible with NNCF 2.x configs::
+
+    import nncompress as nnc
+
+    config = nnc.CompressionConfig.from_json("magnitude_sparsity.json")
+    ctrl, model = nnc.create_compressed_model(model, config)
+    for epoch in range(epochs):
+        ctrl.scheduler.epoch_step()
+        for x, y in loader:
+            ctrl.scheduler.step()
+            loss = criterion(model(x), y) + ctrl.loss()
+            ...
+    ctrl.export_model("model.onnx")
+"""
+
+from nncompress.api.compression import (
+    CompressionAlgorithmBuilder,
+    CompressionAlgorithmController,
+    CompressionLoss,
+    CompressionScheduler,
+    CompressionStage,
+    StripFormat,
+)
+from nncompress.api.statistics import CompressionStatistics, NNCFStatistics
+from nncompress.config import CompressionConfig
+from nncompress.model_creation import create_compressed_model, register_default_init_args
+
+NNCFConfig = CompressionConfig
+"""The name NNCF 2.x used for :class:`CompressionConfig`."""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionAlgorithmBuilder",
+    "CompressionAlgorithmController",
+    "CompressionConfig",
+    "CompressionLoss",
+    "CompressionScheduler",
+    "CompressionStage",
+    "CompressionStatistics",
+    "NNCFConfig",
+    "NNCFStatistics",
+    "StripFormat",
+    "create_compressed_model",
+    "register_default_init_args",
+]

@@ -1,0 +1,1 @@
+"""Training-time compression algorithms, one package per algorithm."""

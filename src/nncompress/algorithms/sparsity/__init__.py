@@ -1,0 +1,1 @@
+"""Weight sparsity: magnitude sparsity and const sparsity."""

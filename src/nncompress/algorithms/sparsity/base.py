@@ -1,0 +1,184 @@
+"""What the sparsity algorithms share: the mask module, the statistics, the controller base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.api.compression import StripFormat
+from nncompress.api.statistics import CompressionStatistics, format_table
+from nncompress.graph.capture import OpNode
+from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
+
+from ..base import BaseController
+
+SPARSIFIABLE_OPS = frozenset(
+    {
+        "conv1d", "conv2d", "conv3d",
+        "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+        "linear", "matmul", "mm", "bmm", "addmm",
+    }
+)  # fmt: skip
+
+
+class SparsityMask(nn.Module):
+    """Multiplies a weight by a 0/1 mask each time an op reads it.
+
+    The mask is a buffer of the weight's shape and dtype (saved in ``state_dict``); the weight
+    parameter itself is never changed during training, so masked-out weights keep their values
+    and can come back when a lower level is set. ``bake_`` writes the mask into the weight.
+
+    :param weight: the weight to mask (for shape, dtype and device).
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones_like(weight, dtype=weight.dtype, requires_grad=False))
+        self.mask: torch.Tensor
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """:return: ``weight * mask``."""
+        return weight * self.mask
+
+    def bake_(self, weight: torch.Tensor, strip_format: StripFormat) -> bool:
+        """Zero the masked weights in place; the mask is then no longer needed (any format)."""
+        weight.data.mul_(self.mask)
+        return True
+
+
+@dataclass
+class SparsifiedWeight:
+    """One weight under a sparsity mask."""
+
+    op: str
+    weight: str
+    shape: tuple[int, ...]
+    mask: SparsityMask
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """A row of the per-layer statistics table."""
+
+    name: str
+    shape: tuple[int, ...]
+    level: float
+    threshold: float | None
+
+
+@dataclass
+class SparsityStatistics:
+    """Sparsity statistics of one algorithm.
+
+    :param algorithm: ``magnitude_sparsity`` or ``const_sparsity``.
+    :param model_level: zeros in the masks over all parameters of the model.
+    :param layers_level: zeros in the masks over the sparsified weights.
+    :param target_level: the level the schedule heads for (``None`` for const sparsity).
+    :param current_level: the level currently set (``None`` for const sparsity).
+    :param layers: one row per sparsified weight.
+    """
+
+    algorithm: str
+    model_level: float
+    layers_level: float
+    target_level: float | None = None
+    current_level: float | None = None
+    layers: list[LayerSparsity] = field(default_factory=list)
+
+    def to_str(self) -> str:
+        """Summary and per-layer tables."""
+        summary = [("sparsity level of the whole model", self.model_level),
+                   ("sparsity level of the sparsified layers", self.layers_level)]
+        if self.current_level is not None:
+            summary.append(("sparsity level set by the schedule", self.current_level))
+        if self.target_level is not None:
+            summary.append(("target sparsity level", self.target_level))
+        rows = [
+            (r.name, "x".join(map(str, r.shape)), r.level, "-" if r.threshold is None else f"{r.threshold:.4g}")
+            for r in self.layers
+        ]
+        return "\n".join([
+            format_table(("statistic", "value"), summary),
+            format_table(("layer", "weight shape", "sparsity level", "threshold"), rows),
+        ])
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat metrics, including ``layer/<name>`` levels."""
+        out = {"model_level": self.model_level, "layers_level": self.layers_level}
+        if self.current_level is not None:
+            out["current_level"] = self.current_level
+        if self.target_level is not None:
+            out["target_level"] = self.target_level
+        out.update({f"layer/{r.name}": r.level for r in self.layers})
+        return out
+
+    def __str__(self) -> str:
+        return self.to_str()
+
+
+def mask_layout(nodes: list[OpNode], model: nn.Module, group: str) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
+    """A mask on the main weight of each op, and the records the controller keeps.
+
+    :param nodes: the selected ops (each with a main weight).
+    :param model: the model (to read the weights).
+    :param group: the algorithm name.
+    :return: the layout and one :class:`SparsifiedWeight` per op.
+    """
+    layout = TransformationLayout()
+    records = []
+    for node in nodes:
+        w = node.weight
+        assert w is not None  # selection only returns ops with a main weight
+        param = model.get_parameter(w.qualified_name)
+        mask = SparsityMask(param.detach())
+        point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
+        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION))
+        records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
+    return layout, records
+
+
+class BaseSparsityController(BaseController):
+    """Statistics and compression rate from the masks of the sparsified weights."""
+
+    def __init__(self, model: nn.Module, builder: Any, weights: list[SparsifiedWeight]) -> None:
+        super().__init__(model, builder)
+        self.sparsified_weights = weights
+
+    @property
+    def compression_rate(self) -> float:
+        """Share of zeros in the masks of the sparsified weights."""
+        zeros = sum(int((rec.mask.mask == 0).sum()) for rec in self.sparsified_weights)
+        total = sum(rec.mask.mask.numel() for rec in self.sparsified_weights)
+        return zeros / total if total else 0.0
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        """1.0: any level up to full sparsity can be set."""
+        return 1.0
+
+    def _target_and_current(self) -> tuple[float | None, float | None]:
+        return None, None
+
+    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
+        """Model-level and per-layer sparsity levels (counted from the masks)."""
+        layers = []
+        zeros = total = 0
+        for rec in self.sparsified_weights:
+            z = int((rec.mask.mask == 0).sum())
+            n = rec.mask.mask.numel()
+            zeros += z
+            total += n
+            layers.append(LayerSparsity(rec.weight, rec.shape, z / n, rec.threshold))
+        all_params = sum(p.numel() for p in self.model.parameters())
+        target, current = self._target_and_current()
+        stats = SparsityStatistics(
+            self.name, zeros / all_params if all_params else 0.0, zeros / total if total else 0.0,
+            target, current, layers,
+        )
+        result = CompressionStatistics()
+        result.register(self.name, stats)
+        return result

@@ -1,0 +1,211 @@
+"""Magnitude sparsity: zero the weights of smallest magnitude, level raised by a schedule.
+
+Config (NNCF 2.x ``"algorithm": "magnitude_sparsity"``)::
+
+    {"algorithm": "magnitude_sparsity",
+     "sparsity_init": 0.05,
+     "params": {"schedule": "polynomial", "sparsity_target": 0.7, "sparsity_target_epoch": 3,
+                "sparsity_freeze_epoch": 5, "power": 3, "concave": true,
+                "weight_importance": "normed_abs", "sparsity_level_setting_mode": "global"}}
+
+Masks are recomputed when the level changes (``torch.kthvalue`` once over all importances for
+``global`` mode, once per layer for ``local``), never on a step where the level is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.api.compression import CompressionStage
+from nncompress.config import AlgorithmSection
+from nncompress.errors import ConfigError, InvalidArgumentError
+from nncompress.functional import schedules as fs
+from nncompress.functional import sparsity as fsp
+from nncompress.graph.layout import Priority, TransformationLayout
+
+from ..base import BaseBuilder
+from ..selection import select_weighted_ops
+from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, mask_layout
+from .schedulers import (
+    AdaptiveSparsityScheduler,
+    ExponentialSparsityScheduler,
+    MultiStepSparsityScheduler,
+    PolynomialSparsityScheduler,
+    SparsityScheduler,
+)
+
+
+@dataclass(frozen=True)
+class MagnitudeSparsityParams:
+    """The typed ``params`` of a magnitude sparsity section, with NNCF 2.x defaults."""
+
+    sparsity_init: float = fs.DEFAULT_SPARSITY_INIT
+    schedule: str = fs.DEFAULT_SCHEDULE
+    sparsity_target: float = fs.DEFAULT_SPARSITY_TARGET
+    sparsity_target_epoch: float = fs.DEFAULT_SPARSITY_TARGET_EPOCH
+    sparsity_freeze_epoch: int = fs.DEFAULT_SPARSITY_FREEZE_EPOCH
+    power: float = fs.DEFAULT_POWER
+    concave: bool = fs.DEFAULT_CONCAVE
+    update_per_optimizer_step: bool = fs.DEFAULT_UPDATE_PER_OPTIMIZER_STEP
+    steps_per_epoch: int | None = None
+    patience: int = fs.DEFAULT_PATIENCE
+    step: float = fs.DEFAULT_ADAPTIVE_STEP
+    eps: float = fs.DEFAULT_ADAPTIVE_EPS
+    multistep_steps: list[int] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_STEPS))
+    multistep_sparsity_levels: list[float] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_LEVELS))
+    weight_importance: str = fsp.DEFAULT_WEIGHT_IMPORTANCE
+    sparsity_level_setting_mode: str = "global"
+
+    @classmethod
+    def from_section(cls, section: AlgorithmSection) -> MagnitudeSparsityParams:
+        """Read the section (already schema-validated); check what the schema cannot.
+
+        :raises ConfigError: e.g. multistep levels that do not fit the steps.
+        """
+        params = dict(section.params)
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in params.items() if k in known}
+        if "sparsity_init" in section.section:
+            values["sparsity_init"] = section.section["sparsity_init"]
+        result = cls(**values)
+        if result.schedule == "multistep" and len(result.multistep_sparsity_levels) != len(result.multistep_steps) + 1:
+            raise ConfigError(
+                f"{section.json_path}.params.multistep_sparsity_levels",
+                f"needs one more level than multistep_steps has steps ({len(result.multistep_steps)}), "
+                f"got {len(result.multistep_sparsity_levels)}",
+                result.multistep_sparsity_levels,
+            )
+        if result.schedule == "multistep" and result.multistep_steps != sorted(set(result.multistep_steps)):
+            raise ConfigError(f"{section.json_path}.params.multistep_steps", "must be strictly increasing",
+                              result.multistep_steps)
+        return result
+
+    @property
+    def final_level(self) -> float:
+        """The level the schedule ends at."""
+        return self.multistep_sparsity_levels[-1] if self.schedule == "multistep" else self.sparsity_target
+
+
+class MagnitudeSparsityBuilder(BaseBuilder):
+    """Puts a mask on the weight of every conv / linear / matmul op in scope."""
+
+    algorithm = "magnitude_sparsity"
+    priority = Priority.SPARSIFICATION
+
+    def __init__(self, section: AlgorithmSection, context: Any) -> None:
+        super().__init__(section, context)
+        self.params = MagnitudeSparsityParams.from_section(section)
+        self._weights: list[SparsifiedWeight] = []
+
+    def _build_layout(self, model: nn.Module) -> TransformationLayout:
+        nodes, self.report = select_weighted_ops(self._context.graph_for(model), self._section, SPARSIFIABLE_OPS)
+        layout, self._weights = mask_layout(nodes, model, self.algorithm)
+        return layout
+
+    def build_controller(self, model: nn.Module) -> MagnitudeSparsityController:
+        """:return: the controller, with masks set to ``sparsity_init``."""
+        return MagnitudeSparsityController(model, self, self._weights, self.params)
+
+
+class MagnitudeSparsityController(BaseSparsityController):
+    """Sets magnitude masks for a level, globally or per layer, driven by a scheduler.
+
+    :param model: the compressed model.
+    :param builder: its builder.
+    :param weights: the sparsified weights.
+    :param params: the typed config params.
+    """
+
+    def __init__(
+        self, model: nn.Module, builder: BaseBuilder, weights: list[SparsifiedWeight], params: MagnitudeSparsityParams
+    ) -> None:
+        super().__init__(model, builder, weights)
+        self.params = params
+        self.current_level = 0.0
+        self.frozen = False
+        if params.sparsity_level_setting_mode == "global":
+            self._scheduler = _make_scheduler(self, params)
+        self.set_sparsity_level(params.sparsity_init if params.schedule != "multistep"
+                                else params.multistep_sparsity_levels[0])
+
+    def set_sparsity_level(self, level: float, layer: str | None = None) -> None:
+        """Recompute masks so that ``level`` of the weights are zero.
+
+        In ``global`` mode (default) one threshold is shared by all sparsified weights; in
+        ``local`` mode, or when ``layer`` names one weight, each gets its own. Does nothing once
+        the masks are frozen.
+
+        :param level: sparsity level in [0, 1].
+        :param layer: the qualified weight name (``features.0.weight``) to set alone.
+        :raises InvalidArgumentError: for a level outside [0, 1] or an unknown layer.
+        """
+        if not 0.0 <= float(level) <= 1.0:
+            raise InvalidArgumentError(f"sparsity level {level!r} is outside [0, 1]")
+        if self.frozen:
+            return
+        records = self.sparsified_weights
+        if layer is not None:
+            records = [r for r in records if r.weight == layer]
+            if not records:
+                names = [r.weight for r in self.sparsified_weights]
+                raise InvalidArgumentError(f"layer {layer!r} is not sparsified; sparsified weights: {names}")
+        mode = self.params.weight_importance
+        with torch.no_grad():
+            importances = [fsp.weight_importance(self.model.get_parameter(r.weight), mode) for r in records]
+            if layer is None and self.params.sparsity_level_setting_mode == "global":
+                shared = fsp.global_threshold(importances, level)
+                thresholds = [shared] * len(records)
+            else:
+                thresholds = [fsp.local_threshold(imp, level) for imp in importances]
+            for rec, imp, thr in zip(records, importances, thresholds):
+                rec.mask.mask.copy_(fsp.binary_mask(imp, thr))
+                rec.threshold = thr
+        if layer is None:
+            self.current_level = float(level)
+
+    def freeze(self) -> None:
+        """Stop all further mask updates (``sparsity_freeze_epoch``)."""
+        self.frozen = True
+
+    def compression_stage(self) -> CompressionStage:
+        """UNCOMPRESSED at level 0, FULLY_COMPRESSED at the target level, PARTIALLY in between."""
+        if self.current_level == 0:
+            return CompressionStage.UNCOMPRESSED
+        if self.current_level >= self.params.final_level:
+            return CompressionStage.FULLY_COMPRESSED
+        return CompressionStage.PARTIALLY_COMPRESSED
+
+    def _target_and_current(self) -> tuple[float | None, float | None]:
+        return self.params.final_level, self.current_level
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"current_level": self.current_level, "frozen": self.frozen}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.current_level = float(state["current_level"])
+        self.frozen = bool(state["frozen"])
+
+
+def _make_scheduler(ctrl: MagnitudeSparsityController, p: MagnitudeSparsityParams) -> SparsityScheduler:
+    if p.schedule == "polynomial":
+        return PolynomialSparsityScheduler(
+            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch,
+            p.power, p.concave, p.update_per_optimizer_step, p.steps_per_epoch,
+        )
+    if p.schedule == "exponential":
+        return ExponentialSparsityScheduler(
+            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch
+        )
+    if p.schedule == "multistep":
+        return MultiStepSparsityScheduler(ctrl, p.sparsity_freeze_epoch, p.multistep_steps,
+                                          p.multistep_sparsity_levels)
+    if p.schedule == "adaptive":
+        return AdaptiveSparsityScheduler(
+            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.patience, p.step, p.eps
+        )
+    raise ConfigError("params.schedule", f"unknown schedule {p.schedule!r}; allowed: polynomial, "
+                      "exponential, multistep, adaptive", p.schedule)

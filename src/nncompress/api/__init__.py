@@ -1,0 +1,1 @@
+"""The abstract compression API (the spec of ``nncf.api.compression``) and statistics."""

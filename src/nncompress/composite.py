@@ -1,0 +1,234 @@
+"""Composite loss, scheduler, controller and builder: several algorithms as one.
+
+* loss: the sum of the children's losses;
+* scheduler: steps every child;
+* controller: merged state, stage folded with ``CompressionStage.__add__``, minimum of the
+  children's maximal rates, strip by each child in turn on one copy;
+* builder: the children's layouts merged and applied once, in priority order.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import reduce
+from typing import Any
+
+from torch import nn
+
+from nncompress.algorithms.base import BaseBuilder, BaseController, export_compressed
+from nncompress.api.compression import (
+    CompressionAlgorithmBuilder,
+    CompressionAlgorithmController,
+    CompressionLoss,
+    CompressionScheduler,
+    CompressionStage,
+    StripFormat,
+)
+from nncompress.api.statistics import CompressionStatistics
+from nncompress.graph.layout import TransformationLayout
+from nncompress.errors import CompressionStateError
+from nncompress.torch.runtime import apply_layout
+
+
+class CompositeCompressionLoss(CompressionLoss):
+    """The sum of several compression losses."""
+
+    def __init__(self, children: list[CompressionLoss]) -> None:
+        self.child_losses = children
+
+    def calculate(self, *args: Any, **kwargs: Any) -> Any:
+        """:return: the sum of the children's values."""
+        values = [loss(*args, **kwargs) for loss in self.child_losses]
+        return reduce(lambda a, b: a + b, values) if values else 0.0
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load each child's state (``state["child_states"]``, in order)."""
+        for loss, s in zip(self.child_losses, state.get("child_states", [])):
+            loss.load_state(s)
+
+    def get_state(self) -> dict[str, Any]:
+        """:return: ``{"child_states": [...]}``."""
+        return {"child_states": [loss.get_state() for loss in self.child_losses]}
+
+
+class CompositeCompressionScheduler(CompressionScheduler):
+    """Steps every child scheduler."""
+
+    def __init__(self, children: list[CompressionScheduler]) -> None:
+        self.child_schedulers = children
+
+    def step(self, next_step: int | None = None) -> None:
+        """Step every child."""
+        for s in self.child_schedulers:
+            s.step(next_step)
+
+    def epoch_step(self, next_epoch: int | None = None) -> None:
+        """Epoch-step every child."""
+        for s in self.child_schedulers:
+            s.epoch_step(next_epoch)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load each child's state (``state["child_states"]``, in order)."""
+        for s, st in zip(self.child_schedulers, state.get("child_states", [])):
+            s.load_state(st)
+
+    def get_state(self) -> dict[str, Any]:
+        """:return: ``{"child_states": [...]}``."""
+        return {"child_states": [s.get_state() for s in self.child_schedulers]}
+
+
+class CompositeCompressionAlgorithmController(CompressionAlgorithmController[nn.Module]):
+    """Several algorithms' controllers acting as one."""
+
+    def __init__(self, model: nn.Module, children: list[BaseController], context: Any) -> None:
+        super().__init__(model)
+        self.child_ctrls = children
+        self._context = context
+
+    @property
+    def name(self) -> str:
+        """The children's names joined by ``+`` (``"none"`` without children)."""
+        return "+".join(c.name for c in self.child_ctrls) or "none"
+
+    @property
+    def loss(self) -> CompressionLoss:
+        """The sum of the children's losses."""
+        return CompositeCompressionLoss([c.loss for c in self.child_ctrls])
+
+    @property
+    def scheduler(self) -> CompressionScheduler:
+        """Steps every child's scheduler."""
+        return CompositeCompressionScheduler([c.scheduler for c in self.child_ctrls])
+
+    @property
+    def compression_rate(self) -> float:
+        """The first child's rate (NNCF has no common definition for a combination); 0 without children."""
+        return self.child_ctrls[0].compression_rate if self.child_ctrls else 0.0
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        """The smallest of the children's maximal rates."""
+        return min((c.maximal_compression_rate for c in self.child_ctrls), default=0.0)
+
+    def compression_stage(self) -> CompressionStage:
+        """The children's stages folded with ``CompressionStage.__add__``."""
+        stages = [c.compression_stage() for c in self.child_ctrls]
+        return reduce(lambda a, b: a + b, stages) if stages else CompressionStage.UNCOMPRESSED
+
+    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
+        """Every child's statistics in one container."""
+        merged = CompressionStatistics()
+        for c in self.child_ctrls:
+            for name, stats in c.statistics(quickly_collected_only):
+                merged.register(name, stats)
+        return merged
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Each child loads its own entry."""
+        for c in self.child_ctrls:
+            c.load_state(state)
+
+    def get_state(self) -> dict[str, Any]:
+        """Merged ``{name: state}`` of all children."""
+        merged: dict[str, Any] = {}
+        for c in self.child_ctrls:
+            merged.update(c.get_state())
+        return merged
+
+    def get_compression_state(self) -> dict[str, Any]:
+        """Merged builder states and controller states."""
+        builder_state: dict[str, Any] = {}
+        for c in self.child_ctrls:
+            builder_state.update(c.get_compression_state()["builder_state"])
+        return {"builder_state": builder_state, "ctrl_state": self.get_state()}
+
+    def disable_scheduler(self) -> None:
+        """Disable every child's scheduler."""
+        for c in self.child_ctrls:
+            c.disable_scheduler()
+
+    def prepare_for_export(self) -> None:
+        """Let every child prepare."""
+        for c in self.child_ctrls:
+            c.prepare_for_export()
+
+    def strip_model(
+        self, model: nn.Module, do_copy: bool = False, strip_format: StripFormat = StripFormat.NATIVE
+    ) -> nn.Module:
+        """Copy once (if asked), then let each child strip its own modules in turn."""
+        if do_copy:
+            model = copy.deepcopy(model)
+        for c in self.child_ctrls:
+            model = c.strip_model(model, do_copy=False, strip_format=strip_format)
+        return model
+
+    @property
+    def export_strip_format(self) -> StripFormat:
+        """NATIVE if any child exports natively (e.g. quantization), else IN_PLACE."""
+        formats = {c.export_strip_format for c in self.child_ctrls}
+        return StripFormat.NATIVE if StripFormat.NATIVE in formats else StripFormat.IN_PLACE
+
+    def export_model(
+        self,
+        save_path: str,
+        save_format: str | None = None,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        model_args: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Strip a copy with every child, then export it to ONNX."""
+        export_compressed(self, save_path, save_format, input_names, output_names, model_args)
+
+
+class CompositeCompressionAlgorithmBuilder(CompressionAlgorithmBuilder):
+    """Builds several algorithms; their layouts are merged and applied once."""
+
+    def __init__(self, children: list[BaseBuilder], context: Any) -> None:
+        self.child_builders = children
+        self._context = context
+
+    @property
+    def name(self) -> str:
+        """The children's names joined by ``+``."""
+        return "+".join(b.name for b in self.child_builders)
+
+    def get_transformation_layout(self, model: nn.Module) -> TransformationLayout:
+        """Every child's layout, merged."""
+        layout = TransformationLayout()
+        for b in self.child_builders:
+            layout.merge(b.get_transformation_layout(model))
+        return layout
+
+    def apply_to(self, model: nn.Module) -> nn.Module:
+        """Apply the merged layout once; on failure the model is unchanged."""
+        apply_layout(model, self.get_transformation_layout(model))
+        return model
+
+    def build_controller(self, model: nn.Module) -> CompressionAlgorithmController[nn.Module]:
+        """One controller per child; a composite one when there are several."""
+        ctrls = [b.build_controller(model) for b in self.child_builders]
+        if len(ctrls) == 1:
+            return ctrls[0]
+        return CompositeCompressionAlgorithmController(model, ctrls, self._context)  # type: ignore[arg-type]
+
+    def initialize(self, model: nn.Module) -> None:
+        """Initialise every child."""
+        for b in self.child_builders:
+            b.initialize(model)
+
+    def get_state(self) -> dict[str, Any]:
+        """``{name: state}`` of every child."""
+        return {b.name: b.get_state() for b in self.child_builders}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Each child loads its entry.
+
+        :raises CompressionStateError: if the state's algorithms differ from this config's.
+        """
+        names = sorted(b.name for b in self.child_builders)
+        if sorted(state) != names:
+            raise CompressionStateError(
+                f"the compression_state was saved for algorithms {sorted(state)}, but the config has {names}"
+            )
+        for b in self.child_builders:
+            b.load_state(state[b.name])

@@ -1,0 +1,226 @@
+"""Capture the operations one forward pass of a model runs.
+
+The forward runs once on an example input under a :class:`torch.overrides.TorchFunctionMode`
+that sees every functional call, tensor method and operator (``F.conv2d`` inside
+``nn.Conv2d.forward``, ``torch.matmul`` in attention, ``x + y``), while temporary forward hooks
+on every module keep the module scope. Nothing needs torch.fx: data-dependent control flow
+simply runs. The model is left exactly as it was: buffers (BatchNorm running statistics) and
+the random number generator state are restored afterwards, and all hooks are removed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from nncompress.errors import CaptureError
+from nncompress.graph.scopes import module_scopes, op_base_name
+
+
+@dataclass(frozen=True)
+class WeightRead:
+    """A parameter an operation reads directly.
+
+    :param port: position of the parameter among the op's tensor arguments.
+    :param module: qualified name of the module owning the parameter (``layer1.0.conv1``).
+    :param param: the parameter's attribute name in that module (``weight``).
+    :param shape: the parameter's shape.
+    """
+
+    port: int
+    module: str
+    param: str
+    shape: tuple[int, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        """``module.param``, the parameter's key in ``named_parameters()``."""
+        return f"{self.module}.{self.param}" if self.module else self.param
+
+
+@dataclass
+class OpNode:
+    """One operation the forward ran.
+
+    :param name: stable name, ``<scope>/<op>_<call index>``.
+    :param op: the op's short name (``conv2d``, ``linear``, ``add``...).
+    :param scope: the module scope (``Net/Conv2d[conv1]``).
+    :param module: qualified name of the innermost module running the op (``""`` for the root).
+    :param module_type: class name of that module.
+    :param inputs: for each tensor argument, the name of the op that produced it (``None`` for
+        model inputs and constants).
+    :param weights: the parameters the op reads directly.
+    :param output_shapes: shapes of the tensors it returned.
+    """
+
+    name: str
+    op: str
+    scope: str
+    module: str
+    module_type: str
+    inputs: list[str | None] = field(default_factory=list)
+    weights: list[WeightRead] = field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+    @property
+    def weight(self) -> WeightRead | None:
+        """The op's main weight: the first parameter it reads with 2 or more dimensions."""
+        return next((w for w in self.weights if len(w.shape) >= 2), None)
+
+
+@dataclass
+class CapturedGraph:
+    """The operations of one forward, in execution order.
+
+    :param nodes: op name -> node, in the order the ops ran.
+    :param model_type: class name of the captured model.
+    :param capture_seconds: wall time the capture took.
+    """
+
+    nodes: dict[str, OpNode]
+    model_type: str
+    capture_seconds: float = 0.0
+
+    def __iter__(self) -> Iterator[OpNode]:
+        return iter(self.nodes.values())
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def weighted_nodes(self) -> list[OpNode]:
+        """Ops that read at least one parameter, in execution order."""
+        return [n for n in self.nodes.values() if n.weights]
+
+
+def tensor_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensor arguments of a call in port order: positional (one level into lists), then keyword.
+
+    :param args: positional arguments.
+    :param kwargs: keyword arguments.
+    :return: the tensors.
+    """
+    out: list[torch.Tensor] = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, torch.Tensor))
+    return out
+
+
+def _flatten_outputs(result: Any) -> list[torch.Tensor]:
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [r for r in result if isinstance(r, torch.Tensor)]
+    return []
+
+
+class _CaptureMode(TorchFunctionMode):
+    """Records every op that returns tensors, naming it by the current module scope."""
+
+    def __init__(self, scopes: dict[nn.Module, tuple[str, str]], params: dict[int, tuple[str, str]]):
+        super().__init__()
+        self.scopes = scopes
+        self.params = params
+        self.stack: list[nn.Module] = []
+        self.counters: dict[tuple[str, str], int] = {}
+        self.nodes: dict[str, OpNode] = {}
+        self.producers: dict[int, str] = {}
+        self.keep_alive: list[torch.Tensor] = []  # ids stay unique while the capture runs
+        self.last_op = "<no op yet>"
+
+    def push(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.stack.pop()
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        # Count every call, as the runtime hooks do, so that call indices agree with them.
+        module = self.stack[-1]
+        scope, module_name = self.scopes[module]
+        op = op_base_name(func)
+        index = self.counters.get((scope, op), 0)
+        self.counters[(scope, op)] = index + 1
+        name = f"{scope}/{op}_{index}"
+        self.last_op = name
+        result = func(*args, **kwargs)
+        outputs = _flatten_outputs(result)
+        if not outputs:
+            return result  # metadata (size, dim, shape...) and in-place setters
+        node = OpNode(name, op, scope, module_name, type(module).__name__)
+        for port, t in enumerate(tensor_args(args, kwargs)):
+            node.inputs.append(self.producers.get(id(t)))
+            owner = self.params.get(id(t)) if isinstance(t, nn.Parameter) else None
+            if owner is not None:
+                node.weights.append(WeightRead(port, owner[0], owner[1], tuple(t.shape)))
+        for t in outputs:
+            node.output_shapes.append(tuple(t.shape))
+            self.producers[id(t)] = name
+            self.keep_alive.append(t)
+        self.nodes[name] = node
+        return result
+
+
+def _parameter_owners(model: nn.Module, skip: nn.Module | None) -> dict[int, tuple[str, str]]:
+    owners: dict[int, tuple[str, str]] = {}
+    for module, (_, qualified) in module_scopes(model, skip).items():
+        for pname, p in module._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), (qualified, pname))
+    return owners
+
+
+def capture(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    skip: nn.Module | None = None,
+) -> CapturedGraph:
+    """Run the model once and record the operations it runs.
+
+    :param model: the model; it is not changed (buffers and RNG state are restored).
+    :param args: positional inputs of the forward.
+    :param kwargs: keyword inputs of the forward.
+    :param skip: a sub-module left out of scopes and parameters (nncompress's runtime module).
+    :return: the captured graph.
+    :raises CaptureError: if the forward fails; the message names the last op that ran.
+    """
+    kwargs = kwargs or {}
+    scopes = module_scopes(model, skip)
+    mode = _CaptureMode(scopes, _parameter_owners(model, skip))
+    handles = []
+    for module in scopes:
+        handles.append(module.register_forward_pre_hook(mode.push))
+        handles.append(module.register_forward_hook(mode.pop, always_call=True))
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    rng = torch.get_rng_state()
+    start = time.perf_counter()
+    try:
+        with torch.no_grad(), mode:
+            model(*args, **kwargs)
+    except Exception as exc:
+        raise CaptureError(
+            f"the model failed while nncompress ran it once to capture its operations "
+            f"(last op that ran: {mode.last_op}): {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        elapsed = time.perf_counter() - start
+        for h in handles:
+            h.remove()
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                if k in buffers:
+                    b.copy_(buffers[k])
+    return CapturedGraph(mode.nodes, type(model).__name__, elapsed)

@@ -1,0 +1,107 @@
+"""``create_compressed_model``: the entry point of training-time compression."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from nncompress.algorithms.context import CompressionContext
+from nncompress.algorithms.registry import BUILDERS
+from nncompress.api.compression import CompressionAlgorithmController
+from nncompress.composite import CompositeCompressionAlgorithmBuilder
+from nncompress.config import CompressionConfig
+from nncompress.errors import CompressionStateError, InputInfoError, InvalidArgumentError
+from nncompress.torch.inputs import inputs_from_infos, split_batch
+from nncompress.torch.runtime import get_runtime, remove_runtime
+
+_INIT_DATA_ATTR = "_nncompress_init_data"
+
+
+def register_default_init_args(config: CompressionConfig, init_data: Iterable[Any], *args: Any, **kwargs: Any) -> CompressionConfig:
+    """Attach initialisation data to a config, as NNCF 2.x's function of this name did.
+
+    ``create_compressed_model`` uses it when no ``init_data`` is passed. Extra arguments
+    (NNCF's ``criterion``, ``device``...) are accepted and ignored.
+
+    :param config: the config.
+    :param init_data: batches for initialisers (``(inputs, target)`` pairs, tensors or dicts).
+    :return: the same config.
+    """
+    setattr(config, _INIT_DATA_ATTR, init_data)
+    return config
+
+
+def create_compressed_model(
+    model: nn.Module,
+    config: CompressionConfig | Mapping[str, Any],
+    compression_state: dict[str, Any] | None = None,
+    init_data: Iterable[Any] | None = None,
+    example_input: Any = None,
+) -> tuple[CompressionAlgorithmController[nn.Module], nn.Module]:
+    """Insert the compression operations of ``config`` into ``model``.
+
+    The model stays the same object, of the same class, with the same ``state_dict`` keys plus
+    the inserted modules' keys under ``nncompress.``. It runs once on an example input to
+    capture its operations. If anything fails, the model is left as it was.
+
+    Example::
+
+        config = CompressionConfig.from_json("sparsity.json")
+        ctrl, model = create_compressed_model(model, config, init_data=train_loader)
+
+    :param model: the model to compress (changed in place and returned).
+    :param config: a :class:`CompressionConfig` or a plain dict in NNCF 2.x format.
+    :param compression_state: ``ctrl.get_compression_state()`` of a checkpoint to resume from;
+        load the checkpoint's ``state_dict`` into the model afterwards.
+    :param init_data: batches for initialisers (``(inputs, target)`` pairs, tensors, dicts).
+    :param example_input: one batch for capture and export, instead of ``input_info``.
+    :return: ``(controller, model)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if get_runtime(model) is not None:
+        raise InvalidArgumentError("the model is already compressed; strip it first or pass the original model")
+    if not isinstance(config, CompressionConfig):
+        config = CompressionConfig.from_dict(dict(config))
+    if init_data is None:
+        init_data = getattr(config, _INIT_DATA_ATTR, None)
+    context = CompressionContext(*_example_inputs(config, example_input), init_data=init_data)
+    builders = [BUILDERS[s.algorithm](s, context) for s in config.algorithm_sections()]
+    composite = CompositeCompressionAlgorithmBuilder(builders, context)
+    if compression_state is not None:
+        _check_state_shape(compression_state)
+        composite.load_state(compression_state["builder_state"])
+    try:
+        composite.apply_to(model)
+        ctrl = composite.build_controller(model)
+        if compression_state is None:
+            composite.initialize(model)
+        else:
+            ctrl.load_state(compression_state["ctrl_state"])
+    except BaseException:
+        remove_runtime(model)
+        raise
+    return ctrl, model
+
+
+def _example_inputs(config: CompressionConfig, example_input: Any) -> tuple[Any, str]:
+    if example_input is not None:
+        return split_batch(example_input), "example_input"
+    infos = config.input_infos
+    if not infos:
+        raise InputInfoError(
+            "no example input: give input_info in the config (e.g. {\"sample_size\": [1, 3, 32, 32]}) "
+            "or pass example_input to create_compressed_model"
+        )
+    return inputs_from_infos(infos), "input_info"
+
+
+def _check_state_shape(state: Any) -> None:
+    if not isinstance(state, Mapping) or not {"builder_state", "ctrl_state"} <= set(state):
+        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise CompressionStateError(
+            f"compression_state must be the dict returned by ctrl.get_compression_state() with keys "
+            f"'builder_state' and 'ctrl_state'; got {keys}"
+        )

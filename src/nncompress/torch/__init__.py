@@ -1,0 +1,1 @@
+"""PyTorch surgery: the hook runtime, strip, ONNX export, example inputs."""

@@ -1,0 +1,90 @@
+"""ONNX export of a stripped model, written atomically.
+
+The TorchScript-based exporter (``dynamo=False``) is used: it handles data-dependent Python
+control flow by tracing the path the example input takes, and turns PyTorch's native
+fake-quantize ops into QuantizeLinear/DequantizeLinear. The file is written under a temporary
+name in the target folder and renamed, so a failed export leaves no partial file and an
+existing file is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.errors import ExportError, InvalidArgumentError
+from nncompress.torch.inputs import ModelInputs
+
+DEFAULT_OPSET = 17
+_FORMAT = re.compile(r"^onnx(?:_(\d+))?$")
+
+
+def opset_from_format(save_format: str | None) -> int:
+    """The ONNX opset for ``save_format``: ``None``/``"onnx"`` -> 17, ``"onnx_<N>"`` -> N.
+
+    :raises InvalidArgumentError: for any other format or an opset outside 7..21.
+    """
+    match = _FORMAT.match(save_format or "onnx")
+    if match is None:
+        raise InvalidArgumentError(
+            f"save_format {save_format!r} is not supported; allowed: 'onnx' or 'onnx_<opset>' (e.g. 'onnx_17')"
+        )
+    opset = int(match.group(1) or DEFAULT_OPSET)
+    if not 7 <= opset <= 21:
+        raise InvalidArgumentError(f"ONNX opset {opset} in save_format {save_format!r} is outside 7..21")
+    return opset
+
+
+def export_onnx(
+    model: nn.Module,
+    inputs: ModelInputs,
+    save_path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+) -> None:
+    """Export ``model`` to ONNX at ``save_path``, atomically.
+
+    :param model: a stripped model (only PyTorch-native ops).
+    :param inputs: ``(args, kwargs)`` example inputs for the forward.
+    :param save_path: the ``.onnx`` file to write.
+    :param opset: the ONNX opset version.
+    :param input_names: names of the graph inputs.
+    :param output_names: names of the graph outputs.
+    :raises ExportError: if the exporter fails; nothing is written then.
+    """
+    target = Path(save_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    args, kwargs = inputs
+    export_args: tuple[Any, ...] = (*args, kwargs) if kwargs else tuple(args)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                export_args,
+                tmp,
+                dynamo=False,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                do_constant_folding=True,
+            )
+        os.replace(tmp, target)
+    except Exception as exc:
+        raise ExportError(f"ONNX export to {str(target)!r} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,113 @@
+"""Example inputs for capture and export, and batches of ``init_data``.
+
+An example input comes from the config's ``input_info`` (shape, dtype, keyword, filler) or from
+the user's ``example_input``. ``init_data`` batches may be ``(inputs, target)`` pairs, bare
+tensors or dicts of keyword inputs; :func:`split_batch` turns each into ``(args, kwargs)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from nncompress.config import InputInfo
+from nncompress.errors import InputInfoError
+
+_DTYPES = {
+    "float": torch.float32,
+    "float32": torch.float32,
+    "half": torch.float16,
+    "float16": torch.float16,
+    "double": torch.float64,
+    "long": torch.int64,
+    "int64": torch.int64,
+    "int": torch.int32,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+ModelInputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def tensor_from_info(info: InputInfo, seed: int = 0) -> torch.Tensor:
+    """One input tensor as ``input_info`` describes it.
+
+    Fillers: ``zeros``, ``ones``, ``random`` (standard normal for floats, uniform in [0, 2) for
+    integers). Default: ``random`` for floats, ``zeros`` for integers and booleans (safe token ids).
+
+    :param info: one ``input_info`` entry.
+    :param seed: seed of the random filler, so capture is reproducible.
+    :return: the tensor.
+    """
+    dtype = _DTYPES.get(info.dtype)
+    if dtype is None:
+        raise InputInfoError(f"input_info type {info.dtype!r} is not supported; allowed: {sorted(_DTYPES)}")
+    shape = tuple(info.shape)
+    filler = info.filler or ("random" if dtype.is_floating_point else "zeros")
+    if filler == "zeros":
+        return torch.zeros(shape, dtype=dtype)
+    if filler == "ones":
+        return torch.ones(shape, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    return torch.randint(0, 2, shape, generator=gen).to(dtype)
+
+
+def inputs_from_infos(infos: Sequence[InputInfo]) -> ModelInputs:
+    """Positional and keyword example inputs built from ``input_info`` entries.
+
+    :param infos: the config's ``input_info`` entries, in order.
+    :return: ``(args, kwargs)`` for the model's forward.
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for i, info in enumerate(infos):
+        t = tensor_from_info(info, seed=i)
+        if info.keyword:
+            kwargs[info.keyword] = t
+        else:
+            args.append(t)
+    return tuple(args), kwargs
+
+
+def split_batch(batch: Any) -> ModelInputs:
+    """Model inputs of one batch: ``(x, y)`` -> ``((x,), {})``; ``x`` -> ``((x,), {})``;
+    ``{"input_ids": ...}`` -> ``((), {...})``; ``((a, b), y)`` -> ``((a, b), {})``.
+
+    :param batch: one item of ``init_data`` or ``example_input``.
+    :return: ``(args, kwargs)``.
+    """
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    if isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+        if isinstance(first, Mapping):
+            return (), dict(first)
+        if isinstance(first, (list, tuple)):
+            return tuple(first), {}
+        return (first,), {}
+    raise InputInfoError(
+        f"cannot take model inputs from a batch of type {type(batch).__name__}; allowed: a tensor, "
+        "an (inputs, target) pair, or a dict of keyword inputs"
+    )
+
+
+def parse_model_args(model_args: tuple[Any, ...] | None) -> ModelInputs | None:
+    """``model_args`` of ``export_model``: a tuple whose last item, if a dict, holds keyword args.
+
+    ``(a, b, {"x": None, "y": y})``, ``(a, b, {})`` or ``({"x": None, "y": y},)``. Keyword
+    arguments given as ``None`` are left out.
+    """
+    if model_args is None:
+        return None
+    if not isinstance(model_args, tuple):
+        model_args = (model_args,)
+    if model_args and isinstance(model_args[-1], Mapping):
+        kwargs = {k: v for k, v in model_args[-1].items() if v is not None}
+        return tuple(model_args[:-1]), kwargs
+    return tuple(model_args), {}

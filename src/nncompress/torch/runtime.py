@@ -1,0 +1,351 @@
+"""The hook runtime: runs inserted modules at their target points during the model's forward.
+
+Applying a layout adds one sub-module, ``model.nncompress`` (a :class:`HookRuntime`), that holds
+every inserted module (so ``.to()``, ``state_dict()``, ``deepcopy`` and DDP see them) and a
+forward pre-hook / post-hook pair on the model. For the duration of each forward of the model,
+and only then, a :class:`torch.overrides.TorchFunctionMode` is active that
+
+* replaces a parameter with its transformed version when an op reads it (weight points);
+* numbers ops per module scope exactly like :mod:`nncompress.graph.capture`, and runs inserted
+  modules on an op's inputs and outputs (operation points).
+
+Nothing global is patched; other models and libraries are unaffected. The original parameters
+and their ``state_dict`` keys stay as they are; inserted modules add keys under ``nncompress.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from nncompress.api.compression import StripFormat
+from nncompress.errors import InvalidArgumentError
+from nncompress.graph.layout import InsertionCommand, TargetType, TransformationLayout
+from nncompress.graph.scopes import module_scopes, op_base_name
+
+RUNTIME_ATTR = "nncompress"
+
+# Ops that only read metadata: no reason to transform a weight for them.
+_METADATA_OPS = frozenset({"shape", "size", "dim", "numel", "stride", "dtype", "device", "requires_grad"})
+
+Entry = tuple[int, str, str]  # (priority, group, key)
+
+
+class _HookMode(TorchFunctionMode):
+    def __init__(self, runtime: HookRuntime) -> None:
+        super().__init__()
+        self.rt = runtime
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        rt = self.rt
+        kwargs = kwargs or {}
+        if rt._by_param:
+            wmap = rt._by_param
+            if any(id(a) in wmap for a in args) or any(id(v) in wmap for v in kwargs.values()):
+                if op_base_name(func) not in _METADATA_OPS:
+                    args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
+                    kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
+        if not rt.op_points:
+            return func(*args, **kwargs)
+        name = rt._next_op_name(func)
+        pre = rt.pre_points.get(name)
+        if pre:
+            args, kwargs = _map_ports(args, kwargs, {port: rt._chain(e) for port, e in pre.items()})
+        result = func(*args, **kwargs)
+        post = rt.post_points.get(name)
+        if post:
+            chain = rt._chain(post)
+            if isinstance(result, torch.Tensor):
+                result = chain(result)
+            elif isinstance(result, tuple) and not hasattr(result, "_fields"):
+                result = tuple(chain(r) if isinstance(r, torch.Tensor) else r for r in result)
+        return result
+
+
+def _map_ports(
+    args: tuple[Any, ...], kwargs: dict[str, Any], fns: dict[int, Callable[[torch.Tensor], torch.Tensor]]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Apply ``fns[port]`` to tensor argument number ``port`` (numbered as ``capture.tensor_args``)."""
+    port = 0
+
+    def visit(a: Any) -> Any:
+        nonlocal port
+        if isinstance(a, torch.Tensor):
+            fn = fns.get(port)
+            port += 1
+            return fn(a) if fn is not None else a
+        if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+            mapped = [visit(x) if isinstance(x, torch.Tensor) else x for x in a]
+            return type(a)(mapped) if isinstance(a, tuple) else mapped
+        return a
+
+    new_args = tuple(visit(a) for a in args)
+    new_kwargs = {k: visit(v) for k, v in kwargs.items()}
+    return new_args, new_kwargs
+
+
+class HookRuntime(nn.Module):
+    """Holds inserted modules by group and point, and runs them during the forward.
+
+    Its state (which module sits where) is plain data, so ``copy.deepcopy`` of the model copies
+    a working runtime; the hooks are bound methods of this module, which deepcopy re-binds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_points: dict[str, list[Entry]] = {}  # "module.param" -> entries
+        self.pre_points: dict[str, dict[int, list[Entry]]] = {}  # op name -> port -> entries
+        self.post_points: dict[str, list[Entry]] = {}  # op name -> entries
+        self._depth = 0
+        self._reset_forward_state()
+
+    def _reset_forward_state(self) -> None:
+        self._mode: _HookMode | None = None
+        self._by_param: dict[int, list[Entry]] = {}
+        self._weight_cache: dict[int, torch.Tensor] = {}
+        self._scopes: dict[nn.Module, tuple[str, str]] = {}
+        self._stack: list[nn.Module] = []
+        self._counters: dict[tuple[str, str], int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # deepcopy / pickle: per-forward state is not copied.
+        state = self.__dict__.copy()
+        state.update(_mode=None, _by_param={}, _weight_cache={}, _scopes={}, _stack=[], _counters={}, _depth=0)
+        return state
+
+    @property
+    def op_points(self) -> bool:
+        """Whether any module sits at an operation input or output."""
+        return bool(self.pre_points or self.post_points)
+
+    def forward(self, *args: Any) -> Any:
+        """Identity, so that a model that is an ``nn.Sequential`` still runs its layers unchanged."""
+        return args[0] if len(args) == 1 else args
+
+    # -- insertion -----------------------------------------------------------------------------
+
+    def insert(self, command: InsertionCommand) -> None:
+        """Store the command's module and register it at its point."""
+        group = command.group
+        if group not in self._modules:
+            self.add_module(group, nn.ModuleDict())
+        modules = self._modules[group]
+        assert isinstance(modules, nn.ModuleDict)
+        key = command.point.key
+        modules[key] = command.module
+        entry: Entry = (int(command.priority), group, key)
+        point = command.point
+        if point.target_type is TargetType.WEIGHT:
+            lst = self.weight_points.setdefault(f"{point.target}.{point.param}".lstrip("."), [])
+        elif point.target_type is TargetType.OPERATION_INPUT:
+            lst = self.pre_points.setdefault(point.target, {}).setdefault(point.port, [])
+        else:
+            lst = self.post_points.setdefault(point.target, [])
+        lst.append(entry)
+        lst.sort()
+
+    def module_at(self, entry: Entry) -> nn.Module:
+        """The inserted module of an entry."""
+        return self._modules[entry[1]][entry[2]]  # type: ignore[index]
+
+    def entries(self) -> list[tuple[str, Entry]]:
+        """Every (point description, entry) pair."""
+        out: list[tuple[str, Entry]] = []
+        for name, lst in self.weight_points.items():
+            out += [(name, e) for e in lst]
+        for name, ports in self.pre_points.items():
+            out += [(name, e) for lst in ports.values() for e in lst]
+        for name, lst in self.post_points.items():
+            out += [(name, e) for e in lst]
+        return out
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def enter(self, root: nn.Module, args: Any) -> None:
+        """Forward pre-hook of the model: activate the hook mode."""
+        self._depth += 1
+        if self._depth > 1:
+            return
+        for name, entries in self.weight_points.items():
+            param = root.get_parameter(name)
+            self._by_param[id(param)] = entries
+        if self.op_points:
+            self._scopes = module_scopes(root, skip=self)
+            self._stack = [root]
+        self._mode = _HookMode(self)
+        self._mode.__enter__()
+
+    def exit(self, root: nn.Module, args: Any, output: Any) -> None:
+        """Forward post-hook of the model (runs even if the forward raised)."""
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        mode = self._mode
+        self._reset_forward_state()
+        if mode is not None:
+            mode.__exit__(None, None, None)
+
+    def push_scope(self, module: nn.Module, args: Any) -> None:
+        """Forward pre-hook of every module when operation points exist."""
+        if self._mode is not None and module in self._scopes:
+            self._stack.append(module)
+
+    def pop_scope(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Forward post-hook of every module when operation points exist."""
+        if self._mode is not None and self._stack and self._stack[-1] is module:
+            self._stack.pop()
+
+    def _next_op_name(self, func: Callable[..., Any]) -> str:
+        scope = self._scopes[self._stack[-1]][0]
+        op = op_base_name(func)
+        index = self._counters.get((scope, op), 0)
+        self._counters[(scope, op)] = index + 1
+        return f"{scope}/{op}_{index}"
+
+    def _chain(self, entries: list[Entry]) -> Callable[[torch.Tensor], torch.Tensor]:
+        modules = [self.module_at(e) for e in entries]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for m in modules:
+                x = m(x)
+            return x
+
+        return run
+
+    def _weight(self, param: torch.Tensor) -> torch.Tensor:
+        cached = self._weight_cache.get(id(param))
+        if cached is None:
+            cached = param
+            for entry in self._by_param[id(param)]:
+                cached = self.module_at(entry)(cached)
+            self._weight_cache[id(param)] = cached
+        return cached
+
+
+def get_runtime(model: nn.Module) -> HookRuntime | None:
+    """The model's hook runtime, or ``None`` if nothing was inserted."""
+    rt = model._modules.get(RUNTIME_ATTR)
+    return rt if isinstance(rt, HookRuntime) else None
+
+
+def _install(model: nn.Module) -> HookRuntime:
+    if RUNTIME_ATTR in model._modules or hasattr(model, RUNTIME_ATTR):
+        raise InvalidArgumentError(
+            f"the model already has an attribute {RUNTIME_ATTR!r}; nncompress stores its modules under "
+            "that name, please rename yours"
+        )
+    rt = HookRuntime()
+    model.add_module(RUNTIME_ATTR, rt)
+    model.register_forward_pre_hook(rt.enter)
+    model.register_forward_hook(rt.exit, always_call=True)
+    return rt
+
+
+def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime:
+    """Insert every module of the layout into the model, in priority order.
+
+    All points are checked before anything changes: a weight point must name an existing
+    parameter. If anything fails, the model is left as it was.
+
+    :param model: the model.
+    :param layout: the commands.
+    :return: the model's runtime.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for c in layout.commands:
+        p = c.point
+        if p.target_type is TargetType.WEIGHT:
+            name = f"{p.target}.{p.param}".lstrip(".")
+            if name not in params:
+                raise InvalidArgumentError(f"weight target point {name!r} is not a parameter of the model")
+    existing = get_runtime(model)
+    rt = existing or _install(model)
+    had_op_points = rt.op_points
+    try:
+        for c in sorted(layout.commands, key=lambda c: int(c.priority)):
+            rt.insert(c)
+    except Exception:
+        if existing is None:
+            remove_runtime(model)
+        raise
+    if rt.op_points and not had_op_points:
+        for module in module_scopes(model, skip=rt):
+            if module is not model:
+                module.register_forward_pre_hook(rt.push_scope)
+                module.register_forward_hook(rt.pop_scope, always_call=True)
+    return rt
+
+
+def remove_runtime(model: nn.Module) -> None:
+    """Remove the runtime module and every hook it registered; the model's class and keys are untouched."""
+    rt = get_runtime(model)
+    if rt is None:
+        return
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for hid in [k for k, h in hooks.items() if getattr(h, "__self__", None) is rt]:
+                del hooks[hid]
+                module._forward_hooks_always_called.pop(hid, None)
+    del model._modules[RUNTIME_ATTR]
+
+
+def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] | None = None) -> nn.Module:
+    """Bake or convert every inserted module, then remove what is no longer needed.
+
+    Weight-point modules that define ``bake_(weight, strip_format) -> bool`` write their effect
+    into the parameter and are removed when they return ``True``. Operation-point modules that
+    define ``strip_to(strip_format) -> nn.Module | None`` are replaced by what it returns
+    (``None`` removes them). When nothing remains, the runtime and its hooks are removed, and the
+    model has exactly its original class and ``state_dict`` keys.
+
+    :param model: the compressed model (changed in place).
+    :param strip_format: the target form.
+    :param groups: strip only the modules of these algorithms; all if ``None``.
+    :return: the model.
+    """
+    rt = get_runtime(model)
+    if rt is None:
+        return model
+    with torch.no_grad():
+        for name, entries in list(rt.weight_points.items()):
+            param = model.get_parameter(name)
+            kept = []
+            for e in entries:
+                bake = getattr(rt.module_at(e), "bake_", None)
+                if (groups is not None and e[1] not in groups) or bake is None or not bake(param, strip_format):
+                    kept.append(e)
+            _replace_entries(rt, rt.weight_points, name, kept)
+    for points in [rt.post_points, *rt.pre_points.values()]:
+        for name, entries in list(points.items()):
+            kept = []
+            for e in entries:
+                to = getattr(rt.module_at(e), "strip_to", None)
+                if groups is not None and e[1] not in groups:
+                    to = None
+                new = to(strip_format) if to is not None else rt.module_at(e)
+                if new is not None:
+                    rt._modules[e[1]][e[2]] = new  # type: ignore[index]
+                    kept.append(e)
+            _replace_entries(rt, points, name, kept)
+    rt.pre_points = {k: v for k, v in rt.pre_points.items() if v}
+    for group in [g for g, m in rt._modules.items() if isinstance(m, nn.ModuleDict) and not len(m)]:
+        del rt._modules[group]
+    if not (rt.weight_points or rt.op_points):
+        remove_runtime(model)
+    return model
+
+
+def _replace_entries(rt: HookRuntime, points: dict[Any, list[Entry]], name: Any, kept: list[Entry]) -> None:
+    for e in points[name]:
+        if e not in kept:
+            del rt._modules[e[1]][e[2]]  # type: ignore[index]
+    if kept:
+        points[name] = kept
+    else:
+        del points[name]
