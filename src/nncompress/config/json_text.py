@@ -84,7 +84,7 @@ def load_json_file(path: str | os.PathLike[str]) -> Any:
     :raises ConfigError: the file is not valid JSON; the message gives the file, line and column.
     :raises OSError: the file cannot be read.
     """
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8-sig") as file:  # tolerate a BOM
         text = file.read()
     try:
         return json.loads(strip_json_comments(text))

@@ -194,7 +194,7 @@ def capture(
     :param kwargs: keyword inputs of the forward.
     :param skip: a sub-module left out of scopes and parameters (nncompress's runtime module).
     :return: the captured graph.
-    :raises CaptureError: if the forward fails; the message names the last op that ran.
+    :raises CaptureError: if the forward fails; the message names the op it failed at (or after).
     """
     kwargs = kwargs or {}
     scopes = module_scopes(model, skip)
@@ -212,7 +212,7 @@ def capture(
     except Exception as exc:
         raise CaptureError(
             f"the model failed while nncompress ran it once to capture its operations "
-            f"(last op that ran: {mode.last_op}): {type(exc).__name__}: {exc}"
+            f"(it failed at or after op {mode.last_op}): {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         elapsed = time.perf_counter() - start

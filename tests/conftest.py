@@ -1,0 +1,34 @@
+"""Shared fixtures: small models of the shapes nncompress must handle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.model_zoo import ControlFlowNet, FunctionalNet, ResidualCNN
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def cnn() -> ResidualCNN:
+    torch.manual_seed(0)
+    return ResidualCNN()
+
+
+@pytest.fixture
+def control_flow_net() -> ControlFlowNet:
+    torch.manual_seed(0)
+    return ControlFlowNet()
+
+
+@pytest.fixture
+def functional_net() -> FunctionalNet:
+    torch.manual_seed(0)
+    return FunctionalNet()
