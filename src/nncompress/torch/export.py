@@ -23,6 +23,26 @@ from nncompress.errors import ExportError, InvalidArgumentError
 from nncompress.torch.inputs import ModelInputs
 
 DEFAULT_OPSET = 17
+
+
+class _KeywordInputs(nn.Module):
+    """Presents a model that takes keyword inputs as one taking positional tensors only.
+
+    The TorchScript exporter binds a trailing dict of keyword arguments poorly (Hugging Face
+    models then get "multiple values" for their keyword-only options), so keyword inputs are
+    passed positionally to this wrapper, which calls the model by keyword.
+    """
+
+    def __init__(self, model: nn.Module, num_positional: int, keywords: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.num_positional = num_positional
+        self.keywords = keywords
+
+    def forward(self, *tensors: Any) -> Any:
+        positional = tensors[: self.num_positional]
+        named = dict(zip(self.keywords, tensors[self.num_positional :]))
+        return self.model(*positional, **named)
 _FORMAT = re.compile(r"^onnx(?:_(\d+))?$")
 
 
@@ -63,7 +83,10 @@ def export_onnx(
     target = Path(save_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     args, kwargs = inputs
-    export_args: tuple[Any, ...] = (*args, kwargs) if kwargs else tuple(args)
+    runnable: nn.Module = _KeywordInputs(model, len(args), list(kwargs)) if kwargs else model
+    export_args = (*args, *kwargs.values())
+    if input_names is None and kwargs:
+        input_names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     was_training = model.training
@@ -72,7 +95,7 @@ def export_onnx(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model,
+                runnable,
                 export_args,
                 tmp,
                 dynamo=False,

@@ -1,0 +1,107 @@
+"""Bad input: a specific nncompress error naming the bad value, and the model left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nnc
+from nncompress.errors import (
+    CaptureError,
+    ConfigError,
+    InputInfoError,
+    ScopeMatchError,
+    UnknownAlgorithmError,
+    UnsupportedAlgorithmError,
+)
+from nncompress.torch.runtime import get_runtime
+from tests.algorithms.helpers import sparsity_config
+from tests.model_zoo import ResidualCNN
+
+
+def _assert_untouched(model: nn.Module, keys: list[str]) -> None:
+    assert get_runtime(model) is None
+    assert list(model.state_dict()) == keys
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "section,error,match",
+    [
+        ({"params": {"sparsity_targt": 0.5}}, ConfigError, r"compression\.params.*'sparsity_targt'.*did you mean 'sparsity_target'"),
+        ({"params": {"sparsity_target": 1.5}}, ConfigError, r"compression\.params\.sparsity_target.*1\.5"),
+        ({"params": {"sparsity_target": "high"}}, ConfigError, r"compression\.params\.sparsity_target.*number"),
+        ({"params": {"schedule": "cosine"}}, ConfigError, r"compression\.params\.schedule.*polynomial"),
+    ],
+)
+def test_config_errors(section: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        nnc.CompressionConfig.from_dict(
+            {"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": {"algorithm": "magnitude_sparsity", **section}}
+        )
+
+
+def test_unknown_and_unsupported_algorithms() -> None:
+    with pytest.raises(UnknownAlgorithmError, match="did you mean 'magnitude_sparsity'"):
+        nnc.CompressionConfig.from_dict({"compression": {"algorithm": "magnitude_sparsty"}})
+    with pytest.raises(UnsupportedAlgorithmError, match="not supported"):
+        nnc.CompressionConfig.from_dict({"compression": {"algorithm": "filter_pruning"}})
+
+
+def test_scope_that_matches_nothing(cnn: ResidualCNN) -> None:
+    keys = list(cnn.state_dict())
+    with pytest.raises(ScopeMatchError, match=r"compression\.ignored_scopes\[0\].*'ResidualCNN/Linear\[head\]'"):
+        nnc.create_compressed_model(cnn, sparsity_config(ignored_scopes=["ResidualCNN/Linear[head]"]))
+    _assert_untouched(cnn, keys)
+    ctrl, _ = nnc.create_compressed_model(
+        cnn, sparsity_config(ignored_scopes=["ResidualCNN/Linear[head]"], validate_scopes=False)
+    )
+    assert len(ctrl.sparsified_weights) == 6
+
+
+def test_scopes_select_and_report(cnn: ResidualCNN) -> None:
+    ctrl, _ = nnc.create_compressed_model(
+        cnn, sparsity_config(ignored_scopes=["{re}.*stem.*"], target_scopes=["{re}.*(Conv2d|Linear).*"])
+    )
+    names = [r.weight for r in ctrl.sparsified_weights]
+    assert "stem.0.weight" not in names and "fc.weight" in names
+    report = {r.weight: r for r in ctrl.capture_report.rows}
+    assert not report["stem.0.weight"].compressed
+    assert "ignored_scopes" in report["stem.0.weight"].reason
+    assert "only 1-D" in report["stem.1.weight"].reason
+    assert "ignored_scopes" in ctrl.capture_report.to_str()
+
+
+def test_input_info_that_does_not_fit(cnn: ResidualCNN) -> None:
+    keys = list(cnn.state_dict())
+    with pytest.raises(InputInfoError, match=r"input_info.*\(2, 3, 8, 8\)"):
+        nnc.create_compressed_model(cnn, sparsity_config(sample_size=(2, 3, 8, 8)))
+    _assert_untouched(cnn, keys)
+
+
+def test_missing_input_info(cnn: ResidualCNN) -> None:
+    with pytest.raises(InputInfoError, match="example_input"):
+        nnc.create_compressed_model(cnn, {"compression": {"algorithm": "magnitude_sparsity"}})
+
+
+def test_model_failing_during_capture() -> None:
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    model = Fails()
+    with pytest.raises(CaptureError, match="boom"):
+        nnc.create_compressed_model(model, {"compression": {"algorithm": "magnitude_sparsity"}},
+                                    example_input=torch.ones(1, 4))
+    _assert_untouched(model, ["fc.weight", "fc.bias"])
+
+
+def test_model_already_compressed(cnn: ResidualCNN) -> None:
+    nnc.create_compressed_model(cnn, sparsity_config())
+    with pytest.raises(ValueError, match="already compressed"):
+        nnc.create_compressed_model(cnn, sparsity_config())
