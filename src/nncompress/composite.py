@@ -25,8 +25,8 @@ from nncompress.api.compression import (
     StripFormat,
 )
 from nncompress.api.statistics import CompressionStatistics
-from nncompress.graph.layout import TransformationLayout
 from nncompress.errors import CompressionStateError
+from nncompress.graph.layout import TransformationLayout
 from nncompress.torch.runtime import apply_layout
 
 

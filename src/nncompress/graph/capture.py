@@ -136,10 +136,10 @@ class _CaptureMode(TorchFunctionMode):
         self.keep_alive: list[torch.Tensor] = []  # ids stay unique while the capture runs
         self.last_op = "<no op yet>"
 
-    def push(self, module: nn.Module, args: Any) -> None:
+    def enter_module(self, module: nn.Module, args: Any) -> None:
         self.stack.append(module)
 
-    def pop(self, module: nn.Module, args: Any, output: Any) -> None:
+    def exit_module(self, module: nn.Module, args: Any, output: Any) -> None:
         self.stack.pop()
 
     def __torch_function__(
@@ -201,8 +201,8 @@ def capture(
     mode = _CaptureMode(scopes, _parameter_owners(model, skip))
     handles = []
     for module in scopes:
-        handles.append(module.register_forward_pre_hook(mode.push))
-        handles.append(module.register_forward_hook(mode.pop, always_call=True))
+        handles.append(module.register_forward_pre_hook(mode.enter_module))
+        handles.append(module.register_forward_hook(mode.exit_module, always_call=True))
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     rng = torch.get_rng_state()
     start = time.perf_counter()

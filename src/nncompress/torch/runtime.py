@@ -135,8 +135,7 @@ class HookRuntime(nn.Module):
         group = command.group
         if group not in self._modules:
             self.add_module(group, nn.ModuleDict())
-        modules = self._modules[group]
-        assert isinstance(modules, nn.ModuleDict)
+        modules = self.group(group)
         key = command.point.key
         modules[key] = command.module
         entry: Entry = (int(command.priority), group, key)
@@ -150,9 +149,15 @@ class HookRuntime(nn.Module):
         lst.append(entry)
         lst.sort()
 
+    def group(self, name: str) -> nn.ModuleDict:
+        """The inserted modules of one algorithm, by point key."""
+        modules = self._modules[name]
+        assert isinstance(modules, nn.ModuleDict)  # only insert() adds children
+        return modules
+
     def module_at(self, entry: Entry) -> nn.Module:
         """The inserted module of an entry."""
-        return self._modules[entry[1]][entry[2]]  # type: ignore[index]
+        return self.group(entry[1])[entry[2]]
 
     def entries(self) -> list[tuple[str, Entry]]:
         """Every (point description, entry) pair."""
@@ -312,27 +317,30 @@ def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] 
     rt = get_runtime(model)
     if rt is None:
         return model
+
+    def mine(e: Entry) -> bool:
+        return groups is None or e[1] in groups
+
     with torch.no_grad():
         for name, entries in list(rt.weight_points.items()):
             param = model.get_parameter(name)
             kept = []
             for e in entries:
                 bake = getattr(rt.module_at(e), "bake_", None)
-                if (groups is not None and e[1] not in groups) or bake is None or not bake(param, strip_format):
+                if not (mine(e) and bake is not None and bake(param, strip_format)):
                     kept.append(e)
-            _replace_entries(rt, rt.weight_points, name, kept)
-    for points in [rt.post_points, *rt.pre_points.values()]:
-        for name, entries in list(points.items()):
+            _keep_entries(rt, rt.weight_points, name, kept)
+    op_tables: list[dict[Any, list[Entry]]] = [rt.post_points, *rt.pre_points.values()]
+    for table in op_tables:
+        for key, entries in list(table.items()):
             kept = []
             for e in entries:
                 to = getattr(rt.module_at(e), "strip_to", None)
-                if groups is not None and e[1] not in groups:
-                    to = None
-                new = to(strip_format) if to is not None else rt.module_at(e)
+                new = to(strip_format) if (mine(e) and to is not None) else rt.module_at(e)
                 if new is not None:
-                    rt._modules[e[1]][e[2]] = new  # type: ignore[index]
+                    rt.group(e[1])[e[2]] = new
                     kept.append(e)
-            _replace_entries(rt, points, name, kept)
+            _keep_entries(rt, table, key, kept)
     rt.pre_points = {k: v for k, v in rt.pre_points.items() if v}
     for group in [g for g, m in rt._modules.items() if isinstance(m, nn.ModuleDict) and not len(m)]:
         del rt._modules[group]
@@ -341,11 +349,12 @@ def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] 
     return model
 
 
-def _replace_entries(rt: HookRuntime, points: dict[Any, list[Entry]], name: Any, kept: list[Entry]) -> None:
-    for e in points[name]:
+def _keep_entries(rt: HookRuntime, table: dict[Any, list[Entry]], key: Any, kept: list[Entry]) -> None:
+    """Leave only ``kept`` at ``table[key]`` and delete the modules of the other entries."""
+    for e in table[key]:
         if e not in kept:
-            del rt._modules[e[1]][e[2]]  # type: ignore[index]
+            del rt.group(e[1])[e[2]]
     if kept:
-        points[name] = kept
+        table[key] = kept
     else:
-        del points[name]
+        del table[key]
