@@ -23,6 +23,7 @@ from nncompress.api.compression import (
 from nncompress.config import AlgorithmSection
 from nncompress.errors import CompressionStateError
 from nncompress.graph.layout import Priority, TransformationLayout
+from nncompress.torch.bn_adaptation import DEFAULT_BN_ADAPTATION_SAMPLES, adapt_batchnorm
 from nncompress.torch.export import export_onnx, opset_from_format
 from nncompress.torch.inputs import parse_model_args
 from nncompress.torch.runtime import apply_layout, strip_runtime
@@ -121,7 +122,12 @@ class BaseBuilder(CompressionAlgorithmBuilder):
         return model
 
     def initialize(self, model: nn.Module) -> None:
-        """Nothing to initialise by default."""
+        """Run the section's ``initializer.batchnorm_adaptation`` on ``init_data``, if configured."""
+        initializer = self._section.section.get("initializer", {})
+        if "batchnorm_adaptation" in initializer:
+            bn = initializer["batchnorm_adaptation"]
+            samples = int(bn.get("num_bn_adaptation_samples", DEFAULT_BN_ADAPTATION_SAMPLES))
+            adapt_batchnorm(model, self._context.init_data, samples)
 
     def get_state(self) -> dict[str, Any]:
         """:return: the config section and algorithm-specific state (JSON-serialisable)."""

@@ -35,7 +35,7 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 """Share of the images kept for testing (360 of 1,797)."""
 
-DENSE_EPOCHS = 10
+DENSE_EPOCHS = 15
 """Epochs :func:`train_dense` trains for by default."""
 
 
@@ -186,7 +186,7 @@ def evaluate(model: nn.Module, loader: DataLoader[Any]) -> float:
 
 def train_dense(
     epochs: int = DENSE_EPOCHS, seed: int = 0, loaders: tuple[DataLoader[Any], DataLoader[Any]] | None = None,
-    lr: float = 3e-3, progress: bool = False,
+    lr: float = 1e-2, progress: bool = False,
 ) -> DigitsCNN:
     """Train a :class:`DigitsCNN` from a seeded initialisation (Adam, cosine learning rate).
 

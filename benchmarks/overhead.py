@@ -1,0 +1,150 @@
+"""Overhead of nncompress on a training loop: capture time and sparsity training-step time.
+
+For the digits CNN and a small BERT (random weights, MiniLM-like shape), in one run:
+
+* capture time over the time of one forward pass (both under ``torch.no_grad``), and the whole
+  ``create_compressed_model`` time over one forward pass;
+* training-step time (forward, loss, backward, SGD step, ``scheduler.step()``) of the model
+  with magnitude sparsity at 70% over the plain model's: median of 30 steps each, the two
+  interleaved step by step so that machine noise hits both alike.
+
+Prints a table and one JSON line. Run: ``python benchmarks/overhead.py`` (2 threads).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import nncompress as nnc
+from nncompress.api.statistics import format_table
+from nncompress.demo.digits import DigitsCNN
+from nncompress.graph.capture import capture
+
+STEPS = 30
+WARMUP = 5
+
+Batch = tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _step_fn(model: nn.Module, batch: Batch, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+             ctrl: Any = None) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    args, kwargs, target = batch
+
+    def step() -> None:
+        if ctrl is not None:
+            ctrl.scheduler.step()
+        loss = loss_fn(model(*args, **kwargs), target)
+        if ctrl is not None:
+            loss = loss + ctrl.loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
+            loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+    """All figures for one model."""
+    args, kwargs, _ = batch
+    model.train()
+    with torch.no_grad():
+        forward = _median_time(lambda: model(*args, **kwargs), 20)
+    capture_s = min(capture(model, args, kwargs).capture_seconds for _ in range(3))
+    compressed = copy.deepcopy(model)
+    start = time.perf_counter()
+    ctrl, compressed = nnc.create_compressed_model(compressed, config, example_input=(*args, kwargs) if kwargs else args[0])
+    create_s = time.perf_counter() - start
+    ctrl.scheduler.epoch_step()
+    plain_step = _step_fn(model, batch, loss_fn)
+    sparse_step = _step_fn(compressed, batch, loss_fn, ctrl)
+    for _ in range(WARMUP):
+        plain_step()
+        sparse_step()
+    plain_t, sparse_t = [], []
+    for _ in range(STEPS):
+        plain_t.append(_median_time(plain_step, 1))
+        sparse_t.append(_median_time(sparse_step, 1))
+    plain, sparse = statistics.median(plain_t), statistics.median(sparse_t)
+    return {
+        "model": name,
+        "forward_ms": forward * 1e3,
+        "capture_ms": capture_s * 1e3,
+        "capture_over_forward": capture_s / forward,
+        "create_over_forward": create_s / forward,
+        "plain_step_ms": plain * 1e3,
+        "sparse_step_ms": sparse * 1e3,
+        "step_ratio": sparse / plain,
+        "sparsity": ctrl.compression_rate,
+    }
+
+
+def _sparsity_config(sample: list[int]) -> dict[str, Any]:
+    return {
+        "input_info": {"sample_size": sample},
+        "compression": {"algorithm": "magnitude_sparsity", "sparsity_init": 0.7,
+                        "params": {"sparsity_target": 0.7, "sparsity_target_epoch": 0}},
+    }
+
+
+def digits_case() -> dict[str, Any]:
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    y = torch.randint(0, 10, (64,))
+    return measure("digits CNN (batch 64)", DigitsCNN(), _sparsity_config([64, 1, 8, 8]), ((x,), {}, y),
+                   nn.functional.cross_entropy)
+
+
+def bert_case() -> dict[str, Any]:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536)  # all-MiniLM-L6-v2's shape, random weights
+    model = BertModel(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (8, 64))
+    mask = torch.ones_like(ids)
+    target = torch.randn(8, 64, cfg.hidden_size)
+
+    def loss_fn(out: Any, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out.last_hidden_state, t)
+
+    config = _sparsity_config([8, 64])
+    config["compression"]["ignored_scopes"] = ["{re}.*embeddings.*"]
+    return measure("BERT 6x384 (batch 8, seq 64)", model, config,
+                   ((), {"input_ids": ids, "attention_mask": mask}, target), loss_fn)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    rows = [digits_case(), bert_case()]
+    table = format_table(
+        ("model", "forward ms", "capture/forward", "create/forward", "plain step ms", "sparse step ms", "step ratio"),
+        [(r["model"], r["forward_ms"], r["capture_over_forward"], r["create_over_forward"], r["plain_step_ms"],
+          r["sparse_step_ms"], r["step_ratio"]) for r in rows],
+        title="nncompress overhead: magnitude sparsity at 70% (median of 30 interleaved steps)",
+    )
+    print(table)
+    print(json.dumps({"benchmark": "overhead", "results": rows}))
+
+
+if __name__ == "__main__":
+    main()

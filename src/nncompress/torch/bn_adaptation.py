@@ -1,0 +1,92 @@
+"""Batch-norm adaptation: re-estimate BatchNorm running statistics after compression.
+
+Masking (or quantizing) weights shifts the statistics of the activations that BatchNorm layers
+normalise; running a few hundred training samples through the model in train mode, with every
+BatchNorm layer's running statistics reset and averaged cumulatively (``momentum=None``), gives
+statistics that fit the compressed weights. Nothing else changes: no gradients, other modules
+(dropout) in eval mode. Config (NNCF 2.x)::
+
+    "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 300}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
+
+from nncompress.errors import InitDataError
+from nncompress.torch.inputs import split_batch
+
+DEFAULT_BN_ADAPTATION_SAMPLES = 2000
+"""NNCF 2.x's default ``num_bn_adaptation_samples``."""
+
+
+def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
+
+
+def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_samples: int, progress: bool = True) -> int:
+    """Re-estimate the running statistics of every BatchNorm layer on ``num_samples`` samples.
+
+    :param model: the (compressed) model; its parameters are not changed.
+    :param init_data: batches: ``(inputs, target)`` pairs, tensors or dicts of keyword inputs.
+    :param num_samples: how many samples to run (whole batches; at least one batch).
+    :param progress: show a progress bar.
+    :return: the number of samples used.
+    :raises InitDataError: without data, with empty data, or if a batch does not fit the model.
+        The model's statistics and modes are left as they were then.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not bns or num_samples <= 0:
+        return 0
+    if init_data is None:
+        raise InitDataError(
+            "batchnorm_adaptation needs data: pass init_data to create_compressed_model "
+            "(or register_default_init_args), or remove initializer.batchnorm_adaptation"
+        )
+    saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())  # type: ignore[union-attr]
+             for m in bns}
+    modes = {m: m.training for m in model.modules()}
+    seen = 0
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over all adaptation batches
+            m.train()
+        bar = tqdm(total=num_samples, desc="BatchNorm adaptation", unit="sample", disable=not progress, leave=False)
+        with torch.no_grad():
+            for i, batch in enumerate(init_data):
+                args, kwargs = split_batch(batch)
+                try:
+                    model(*args, **kwargs)
+                except Exception as exc:
+                    raise InitDataError(f"init_data batch {i} does not fit the model: {type(exc).__name__}: {exc}") from exc
+                n = _batch_size(args, kwargs)
+                seen += n
+                bar.update(n)
+                if seen >= num_samples:
+                    break
+        bar.close()
+        if seen == 0:
+            raise InitDataError("init_data is empty: batchnorm_adaptation got no batch")
+    except BaseException:
+        for m in bns:
+            momentum, mean, var, count = saved[id(m)]
+            m.running_mean.copy_(mean)  # type: ignore[union-attr]
+            m.running_var.copy_(var)  # type: ignore[union-attr]
+            m.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
+            m.momentum = momentum
+        raise
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    for m in bns:
+        m.momentum = saved[id(m)][0]
+    return seen
