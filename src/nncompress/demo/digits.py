@@ -194,7 +194,7 @@ def train_dense(
     :param seed: seed of the initialisation and of the data order.
     :param loaders: ``(train, test)`` loaders; default :func:`digits_loaders` with ``seed``.
     :param lr: peak learning rate.
-    :param progress: show a tqdm bar per epoch.
+    :param progress: show a tqdm bar over the epochs, with the last epoch's loss.
     :return: the trained model, in train mode.
     """
     torch.manual_seed(seed)
@@ -202,7 +202,8 @@ def train_dense(
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    for epoch in range(epochs):
-        train_epoch(model, train, optimizer, progress=f"dense  {epoch + 1}/{epochs}" if progress else None)
+    bar = tqdm(range(epochs), desc="dense", disable=not progress)
+    for _ in bar:
+        bar.set_postfix(loss=f"{train_epoch(model, train, optimizer):.4f}")
         schedule.step()
     return model

@@ -1,1 +1,212 @@
-def run_demo(): ...
+"""The end-to-end demo: dense CNN -> 70% magnitude sparsity -> ONNX -> onnxruntime.
+
+Run it with ``nncompress demo`` or::
+
+    from nncompress.demo import run_demo
+    figures = run_demo("runs/demo")
+
+It trains :class:`~nncompress.demo.digits.DigitsCNN` on scikit-learn's digits, sparsifies it
+with the NNCF 2.x training-time flow (``create_compressed_model``, ``scheduler.epoch_step()`` /
+``step()``, ``ctrl.loss()``), exports the dense and the sparse model to ONNX, runs both in
+onnxruntime on the test set and prints a summary table. Sparse weights are stored as explicit
+zeros in ONNX, so the raw file is as large as the dense one; the gzip-compressed size shows the
+gain. The figures are returned and written to ``<out_dir>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import nncompress as nnc
+from nncompress.api.statistics import format_table
+from nncompress.demo.digits import (
+    DENSE_EPOCHS,
+    DigitsCNN,
+    digits_loaders,
+    evaluate,
+    predict,
+    train_dense,
+    train_epoch,
+)
+from nncompress.torch.export import export_onnx
+
+FINETUNE_EPOCHS = 8
+"""Fine-tuning epochs of the demo: the level rises over 3, masks freeze at 5, then 3 more."""
+
+SPARSITY_TARGET = 0.7
+"""The demo's target sparsity level."""
+
+ATOL = 1e-4
+"""Largest allowed difference between onnxruntime and PyTorch logits."""
+
+
+def sparsity_config(target: float = SPARSITY_TARGET, target_epoch: int = 3, freeze_epoch: int = 5) -> dict[str, Any]:
+    """The demo's compression config, as a dict in NNCF 2.x format.
+
+    :param target: ``sparsity_target``.
+    :param target_epoch: epoch at which the polynomial schedule reaches the target.
+    :param freeze_epoch: epoch from which the masks no longer change.
+    :return: the config dict (``CompressionConfig.from_dict`` accepts it; so did NNCF 2.x).
+    """
+    return {
+        "input_info": {"sample_size": [1, 1, 8, 8]},
+        "compression": {
+            "algorithm": "magnitude_sparsity",
+            "sparsity_init": 0.0,
+            "params": {
+                "schedule": "polynomial",
+                "power": 3,
+                "concave": True,
+                "sparsity_target": target,
+                "sparsity_target_epoch": target_epoch,
+                "sparsity_freeze_epoch": freeze_epoch,
+            },
+        },
+    }
+
+
+def run_demo(
+    out_dir: str = "runs/demo",
+    epochs: int = DENSE_EPOCHS,
+    finetune_epochs: int = FINETUNE_EPOCHS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, sparsify, export and check; print what happens and a summary table.
+
+    :param out_dir: folder for ``dense.onnx``, ``sparse.onnx`` and ``summary.json``.
+    :param epochs: dense training epochs.
+    :param finetune_epochs: fine-tuning epochs under the sparsity schedule (at least 4, so that
+        the level reaches its target at epoch 3).
+    :param seed: seed of initialisation and data order.
+    :param progress: show tqdm progress bars.
+    :return: the figures: accuracies (``*_acc``), sparsity levels, file sizes in bytes, the
+        onnxruntime/PyTorch agreement and ``onnx_agrees`` (all checks passed), ``seconds``.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train, test = digits_loaders(seed=seed)
+    example = next(iter(test))[0][:1]  # (1, 1, 8, 8)
+
+    print(f"== 1. dense training: DigitsCNN ({_n_params(DigitsCNN())} parameters), {epochs} epochs")
+    dense = train_dense(epochs, seed, (train, test), progress=progress)
+    fig: dict[str, Any] = {"dense_acc": evaluate(dense, test)}
+    print(f"dense test accuracy: {fig['dense_acc']:.4f}")
+    export_onnx(dense, ((example,), {}), out / "dense.onnx", input_names=["images"], output_names=["logits"])
+
+    print("\n== 2. magnitude sparsity: the NNCF 2.x config")
+    config = sparsity_config()
+    print(json.dumps(config, indent=2))
+    ctrl, model = nnc.create_compressed_model(copy.deepcopy(dense), nnc.CompressionConfig.from_dict(config))
+    report = getattr(ctrl, "capture_report", None)
+    if report is not None:
+        print(report.to_str())
+
+    print(f"\n== 3. fine-tuning under the schedule, {finetune_epochs} epochs")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(finetune_epochs, 1))
+    for epoch in range(finetune_epochs):
+        ctrl.scheduler.epoch_step()
+        desc = f"fine-tune {epoch + 1}/{finetune_epochs} sparsity {ctrl.compression_rate:.2f}"
+        train_epoch(model, train, optimizer, ctrl, progress=desc if progress else None)
+        cosine.step()
+    print(ctrl.statistics().to_str())
+    fig["sparse_acc"] = evaluate(model, test)
+    stripped = ctrl.strip(do_copy=True)
+    fig["stripped_acc"] = evaluate(stripped, test)
+    weights = [r.weight for r in report.compressed] if report is not None else []
+    fig["sparsity_layers"] = _zero_fraction([stripped.get_parameter(w) for w in weights])
+    fig["sparsity_model"] = _zero_fraction(list(stripped.parameters()))
+
+    print("\n== 4. ONNX export and onnxruntime")
+    ctrl.export_model(str(out / "sparse.onnx"), input_names=["images"], output_names=["logits"])
+    fig.update(_onnx_figures(out, stripped, test))
+    fig["onnx_agrees"] = bool(fig["ort_argmax_agreement"] >= 0.99 and fig["ort_max_abs_diff"] <= ATOL)
+    fig["seconds"] = time.perf_counter() - start
+    print(summary_table(fig))
+    (out / "summary.json").write_text(json.dumps(fig, indent=2) + "\n")
+    print(json.dumps(fig))
+    return fig
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _zero_fraction(tensors: list[torch.Tensor]) -> float:
+    zeros = sum(int((t == 0).sum()) for t in tensors)
+    total = sum(t.numel() for t in tensors)
+    return zeros / total if total else 0.0
+
+
+def _onnx_figures(out: Path, stripped: nn.Module, test: DataLoader[Any]) -> dict[str, Any]:
+    """Accuracies in onnxruntime, agreement of the sparse file with PyTorch, file sizes, zeros."""
+    torch_logits, labels = predict(stripped, test)
+    fig: dict[str, Any] = {}
+    for name in ("dense", "sparse"):
+        path = out / f"{name}.onnx"
+        logits = _ort_logits(path, test)
+        fig[f"ort_{name}_acc"] = float((logits.argmax(1) == labels.numpy()).mean())
+        raw = path.read_bytes()
+        fig[f"{name}_onnx_bytes"] = len(raw)
+        fig[f"{name}_onnx_gzip_bytes"] = len(gzip.compress(raw, compresslevel=9, mtime=0))
+        if name == "sparse":
+            fig["ort_argmax_agreement"] = float((logits.argmax(1) == torch_logits.argmax(1).numpy()).mean())
+            fig["ort_max_abs_diff"] = float(np.abs(logits - torch_logits.numpy()).max())
+            fig["onnx_weight_sparsity"] = _onnx_weight_sparsity(path)
+    return fig
+
+
+def _ort_logits(path: Path, loader: DataLoader[Any]) -> np.ndarray:
+    """Logits of an ONNX file over ``loader``, one sample at a time (the export has batch 1)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rows = [session.run(None, {name: x[i : i + 1].numpy()})[0] for x, _ in loader for i in range(len(x))]
+    return np.concatenate(rows)
+
+
+def _onnx_weight_sparsity(path: Path) -> float:
+    """Share of zeros in the file's multi-dimensional initializers (conv and linear weights)."""
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if len(t.dims) > 1]
+    total = sum(w.size for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+
+
+def summary_table(fig: dict[str, Any]) -> str:
+    """The demo's summary: FP32 against sparse, in PyTorch and onnxruntime.
+
+    :param fig: the figures returned by :func:`run_demo`.
+    :return: the table as text.
+    """
+    kib = 1024.0
+    rows = [
+        ("test accuracy, PyTorch", fig["dense_acc"], fig["sparse_acc"]),
+        ("test accuracy, PyTorch stripped", "-", fig["stripped_acc"]),
+        ("test accuracy, onnxruntime", fig["ort_dense_acc"], fig["ort_sparse_acc"]),
+        ("sparsity of the sparsified layers", 0.0, fig["sparsity_layers"]),
+        ("sparsity of all parameters", "-", fig["sparsity_model"]),
+        ("zeros in ONNX weight tensors", "-", fig["onnx_weight_sparsity"]),
+        ("ONNX file, KiB", fig["dense_onnx_bytes"] / kib, fig["sparse_onnx_bytes"] / kib),
+        ("ONNX file gzip -9, KiB", fig["dense_onnx_gzip_bytes"] / kib, fig["sparse_onnx_gzip_bytes"] / kib),
+        ("onnxruntime vs PyTorch: argmax agreement", "-", fig["ort_argmax_agreement"]),
+        ("onnxruntime vs PyTorch: max |logit diff|", "-", f"{fig['ort_max_abs_diff']:.2e}"),
+    ]
+    verdict = "agree" if fig["onnx_agrees"] else "DISAGREE"
+    title = f"\nSummary (onnxruntime and PyTorch {verdict}; {fig['seconds']:.1f} s)"
+    return format_table(("", "FP32", "sparse 70%"), rows, title)

@@ -3,7 +3,8 @@
 Masking (or quantizing) weights shifts the statistics of the activations that BatchNorm layers
 normalise; running a few hundred training samples through the model in train mode, with every
 BatchNorm layer's running statistics reset and averaged cumulatively (``momentum=None``), gives
-statistics that fit the compressed weights. Nothing else changes: no gradients, other modules
+statistics that fit the compressed weights. Under torch.distributed the statistics are averaged
+over all ranks, so every rank ends with the same ones. Nothing else changes: no gradients, other modules
 (dropout) in eval mode. Config (NNCF 2.x)::
 
     "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 300}}
@@ -89,4 +90,17 @@ def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_sampl
             m.training = training
     for m in bns:
         m.momentum = saved[id(m)][0]
+    _average_across_ranks(bns)
     return seen
+
+
+def _average_across_ranks(bns: list[_BatchNorm]) -> None:
+    """Under torch.distributed, every rank ends with the mean of all ranks' statistics."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    for m in bns:
+        for stat in (m.running_mean, m.running_var):
+            assert stat is not None  # track_running_stats was checked
+            torch.distributed.all_reduce(stat, op=torch.distributed.ReduceOp.SUM)
+            stat.div_(world)
