@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from nncompress.algorithms.base import BaseBuilder, BaseController, export_compressed
+from nncompress.algorithms.selection import CaptureReport
 from nncompress.api.compression import (
     CompressionAlgorithmBuilder,
     CompressionAlgorithmController,
@@ -84,6 +85,11 @@ class CompositeCompressionAlgorithmController(CompressionAlgorithmController[nn.
         super().__init__(model)
         self.child_ctrls = children
         self._context = context
+
+    @property
+    def capture_report(self) -> CaptureReport:
+        """Every child's capture report, merged (with an algorithm column)."""
+        return CaptureReport.merge([c.capture_report for c in self.child_ctrls])
 
     @property
     def name(self) -> str:

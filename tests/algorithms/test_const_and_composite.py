@@ -67,6 +67,8 @@ def test_composite_of_two_algorithms(cnn: ResidualCNN) -> None:
     assert float(ctrl.loss()) == 0.0
     stats = ctrl.statistics().to_dict()
     assert "magnitude_sparsity/layers_level" in stats and "const_sparsity/layers_level" in stats
+    report = ctrl.capture_report.to_str()
+    assert "algorithm" in report and "const_sparsity" in report and "magnitude_sparsity" in report
     state = ctrl.get_compression_state()
     assert set(state["builder_state"]) == {"magnitude_sparsity", "const_sparsity"}
     json.dumps(state)

@@ -28,6 +28,7 @@ class ReportRow:
     shape: tuple[int, ...]
     compressed: bool
     reason: str
+    algorithm: str = ""
 
 
 @dataclass
@@ -48,13 +49,21 @@ class CaptureReport:
         return [r for r in self.rows if not r.compressed]
 
     def to_str(self) -> str:
-        """The report as a table."""
+        """The report as a table (with an algorithm column when it merges several algorithms)."""
+        several = len({r.algorithm for r in self.rows}) > 1
         rows = [
-            (r.op, r.weight, "x".join(map(str, r.shape)), "compressed" if r.compressed else "skipped", r.reason)
+            ((r.algorithm,) if several else ())
+            + (r.op, r.weight, "x".join(map(str, r.shape)), "compressed" if r.compressed else "skipped", r.reason)
             for r in self.rows
         ]
+        header = (("algorithm",) if several else ()) + ("op", "weight", "shape", "status", "reason")
         title = f"{self.algorithm}: {len(self.compressed)} of {len(self.rows)} weighted ops compressed"
-        return format_table(("op", "weight", "shape", "status", "reason"), rows, title)
+        return format_table(header, rows, title)
+
+    @classmethod
+    def merge(cls, reports: list[CaptureReport]) -> CaptureReport:
+        """One report holding the rows of several algorithms' reports."""
+        return cls("+".join(r.algorithm for r in reports), [row for r in reports for row in r.rows])
 
     def __str__(self) -> str:
         return self.to_str()
@@ -97,13 +106,12 @@ def select_weighted_ops(
         weight = node.weight
         if weight is None:
             w = node.weights[0]
-            report.rows.append(
-                ReportRow(node.name, node.op, w.qualified_name, w.shape, False, "only 1-D parameters (bias, norm)")
-            )
+            report.rows.append(ReportRow(node.name, node.op, w.qualified_name, w.shape, False,
+                                         "only 1-D parameters (bias, norm)", section.algorithm))
             continue
         reason = _skip_reason(node, weight.qualified_name, section, allowed_ops, handled)
         report.rows.append(ReportRow(node.name, node.op, weight.qualified_name, weight.shape, reason is None,
-                                     reason or f"{node.op} weight"))
+                                     reason or f"{node.op} weight", section.algorithm))
         if reason is None:
             chosen.append(node)
             handled[weight.qualified_name] = node.name

@@ -8,6 +8,6 @@ This package needs scikit-learn (the ``test`` extra) for the bundled digits data
 """
 
 from nncompress.demo.digits import DigitsCNN, digits_loaders, evaluate, train_dense, train_epoch
-from nncompress.demo.run import run_demo
+from nncompress.demo.run import run_demo, sparsify, sparsity_config
 
-__all__ = ["DigitsCNN", "digits_loaders", "evaluate", "run_demo", "train_dense", "train_epoch"]
+__all__ = ["DigitsCNN", "digits_loaders", "evaluate", "run_demo", "sparsify", "sparsity_config", "train_dense", "train_epoch"]

@@ -48,8 +48,11 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     :return: ``(x_train, y_train, x_test, y_test)``; images of shape (N, 1, 8, 8) float32,
         labels of shape (N,) int64.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:  # scikit-learn is an optional dependency
+        raise ImportError("the digits demo needs scikit-learn: pip install 'nncompress[demo]'") from exc
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
@@ -156,7 +159,7 @@ def train_epoch(
         total += float(loss.detach()) * len(y)
         count += len(y)
         if batches is not None:
-            batches.set_postfix(loss=f"{total / count:.4f}")
+            batches.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / max(count, 1)
 
 
@@ -204,6 +207,6 @@ def train_dense(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     bar = tqdm(range(epochs), desc="dense", disable=not progress)
     for _ in bar:
-        bar.set_postfix(loss=f"{train_epoch(model, train, optimizer):.4f}")
+        bar.set_postfix(loss=f"{train_epoch(model, train, optimizer):.4f}", refresh=False)
         schedule.step()
     return model

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import nncompress as nnc
+from nncompress.api.compression import CompressionAlgorithmController
 from nncompress.api.statistics import format_table
 from nncompress.demo.digits import (
     DENSE_EPOCHS,
@@ -40,6 +41,7 @@ from nncompress.demo.digits import (
     train_dense,
     train_epoch,
 )
+from nncompress.errors import InvalidArgumentError
 from nncompress.torch.export import export_onnx
 
 FINETUNE_EPOCHS = 8
@@ -77,6 +79,36 @@ def sparsity_config(target: float = SPARSITY_TARGET, target_epoch: int = 3, free
     }
 
 
+def sparsify(
+    model: nn.Module,
+    train: DataLoader[Any],
+    config: dict[str, Any] | None = None,
+    epochs: int = FINETUNE_EPOCHS,
+    progress: bool = False,
+) -> tuple[CompressionAlgorithmController[nn.Module], nn.Module]:
+    """Compress ``model`` with ``config`` and fine-tune it under the compression schedule.
+
+    Adam (learning rate 3e-3, cosine decay); ``ctrl.scheduler.epoch_step()`` before each epoch,
+    ``ctrl.scheduler.step()`` and ``ctrl.loss()`` in each step (:func:`train_epoch`).
+
+    :param model: the trained dense model (compressed in place and returned).
+    :param train: the training loader.
+    :param config: an NNCF 2.x config dict; default :func:`sparsity_config`.
+    :param epochs: fine-tuning epochs.
+    :param progress: show a tqdm bar per epoch.
+    :return: ``(ctrl, model)`` as from ``create_compressed_model``.
+    """
+    ctrl, model = nnc.create_compressed_model(model, nnc.CompressionConfig.from_dict(config or sparsity_config()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    for epoch in range(epochs):
+        ctrl.scheduler.epoch_step()
+        desc = f"fine-tune {epoch + 1}/{epochs} sparsity {ctrl.compression_rate:.2f}"
+        train_epoch(model, train, optimizer, ctrl, progress=desc if progress else None)
+        cosine.step()
+    return ctrl, model
+
+
 def run_demo(
     out_dir: str = "runs/demo",
     epochs: int = DENSE_EPOCHS,
@@ -94,7 +126,12 @@ def run_demo(
     :param progress: show tqdm progress bars.
     :return: the figures: accuracies (``*_acc``), sparsity levels, file sizes in bytes, the
         onnxruntime/PyTorch agreement and ``onnx_agrees`` (all checks passed), ``seconds``.
+    :raises InvalidArgumentError: if ``epochs`` or ``finetune_epochs`` is below 1.
     """
+    if epochs < 1 or finetune_epochs < 1:
+        raise InvalidArgumentError(
+            f"epochs and finetune_epochs must be at least 1, got epochs={epochs}, finetune_epochs={finetune_epochs}"
+        )
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,36 +148,41 @@ def run_demo(
     print("\n== 2. magnitude sparsity: the NNCF 2.x config")
     config = sparsity_config()
     print(json.dumps(config, indent=2))
-    ctrl, model = nnc.create_compressed_model(copy.deepcopy(dense), nnc.CompressionConfig.from_dict(config))
+    print(f"\n== 3. fine-tuning under the schedule, {finetune_epochs} epochs")
+    ctrl, model = sparsify(copy.deepcopy(dense), train, config, finetune_epochs, progress)
     report = getattr(ctrl, "capture_report", None)
     if report is not None:
         print(report.to_str())
-
-    print(f"\n== 3. fine-tuning under the schedule, {finetune_epochs} epochs")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(finetune_epochs, 1))
-    for epoch in range(finetune_epochs):
-        ctrl.scheduler.epoch_step()
-        desc = f"fine-tune {epoch + 1}/{finetune_epochs} sparsity {ctrl.compression_rate:.2f}"
-        train_epoch(model, train, optimizer, ctrl, progress=desc if progress else None)
-        cosine.step()
     print(ctrl.statistics().to_str())
     fig["sparse_acc"] = evaluate(model, test)
     stripped = ctrl.strip(do_copy=True)
     fig["stripped_acc"] = evaluate(stripped, test)
-    weights = [r.weight for r in report.compressed] if report is not None else []
-    fig["sparsity_layers"] = _zero_fraction([stripped.get_parameter(w) for w in weights])
-    fig["sparsity_model"] = _zero_fraction(list(stripped.parameters()))
+    for name, net in (("dense", dense), ("sparse", stripped)):
+        fig[f"{name}_sparsity_layers"] = _zero_fraction([net.get_parameter(w) for w in compressed_weights(ctrl)])
+        fig[f"{name}_sparsity_model"] = _zero_fraction(list(net.parameters()))
 
     print("\n== 4. ONNX export and onnxruntime")
     ctrl.export_model(str(out / "sparse.onnx"), input_names=["images"], output_names=["logits"])
-    fig.update(_onnx_figures(out, stripped, test))
-    fig["onnx_agrees"] = bool(fig["ort_argmax_agreement"] >= 0.99 and fig["ort_max_abs_diff"] <= ATOL)
+    print(f"wrote {out / 'dense.onnx'} and {out / 'sparse.onnx'}; running both in onnxruntime on the test set")
+    fig.update(_onnx_figures(out, {"dense": dense, "sparse": stripped}, test))
+    fig["onnx_agrees"] = all(
+        fig[f"{n}_ort_argmax_agreement"] >= 0.99 and fig[f"{n}_ort_max_abs_diff"] <= ATOL for n in ("dense", "sparse")
+    )
     fig["seconds"] = time.perf_counter() - start
     print(summary_table(fig))
     (out / "summary.json").write_text(json.dumps(fig, indent=2) + "\n")
     print(json.dumps(fig))
     return fig
+
+
+def compressed_weights(ctrl: CompressionAlgorithmController[nn.Module]) -> list[str]:
+    """Names of the weights ``ctrl`` compresses (``stem.0.weight``...), from its capture report.
+
+    :param ctrl: a controller of one algorithm.
+    :return: qualified parameter names; empty if the controller has no capture report.
+    """
+    report = getattr(ctrl, "capture_report", None)
+    return [row.weight for row in report.compressed] if report is not None else []
 
 
 def _n_params(model: nn.Module) -> int:
@@ -153,21 +195,21 @@ def _zero_fraction(tensors: list[torch.Tensor]) -> float:
     return zeros / total if total else 0.0
 
 
-def _onnx_figures(out: Path, stripped: nn.Module, test: DataLoader[Any]) -> dict[str, Any]:
-    """Accuracies in onnxruntime, agreement of the sparse file with PyTorch, file sizes, zeros."""
-    torch_logits, labels = predict(stripped, test)
+def _onnx_figures(out: Path, models: dict[str, nn.Module], test: DataLoader[Any]) -> dict[str, Any]:
+    """For each ``<name>.onnx``: accuracy in onnxruntime, agreement with the PyTorch model
+    ``models[name]``, raw and gzip file sizes, zeros in the weights."""
     fig: dict[str, Any] = {}
-    for name in ("dense", "sparse"):
+    for name, model in models.items():
+        torch_logits, labels = predict(model, test)
         path = out / f"{name}.onnx"
         logits = _ort_logits(path, test)
         fig[f"ort_{name}_acc"] = float((logits.argmax(1) == labels.numpy()).mean())
+        fig[f"{name}_ort_argmax_agreement"] = float((logits.argmax(1) == torch_logits.argmax(1).numpy()).mean())
+        fig[f"{name}_ort_max_abs_diff"] = float(np.abs(logits - torch_logits.numpy()).max())
         raw = path.read_bytes()
         fig[f"{name}_onnx_bytes"] = len(raw)
         fig[f"{name}_onnx_gzip_bytes"] = len(gzip.compress(raw, compresslevel=9, mtime=0))
-        if name == "sparse":
-            fig["ort_argmax_agreement"] = float((logits.argmax(1) == torch_logits.argmax(1).numpy()).mean())
-            fig["ort_max_abs_diff"] = float(np.abs(logits - torch_logits.numpy()).max())
-            fig["onnx_weight_sparsity"] = _onnx_weight_sparsity(path)
+        fig[f"{name}_onnx_weight_sparsity"] = _onnx_weight_sparsity(path)
     return fig
 
 
@@ -199,13 +241,15 @@ def summary_table(fig: dict[str, Any]) -> str:
         ("test accuracy, PyTorch", fig["dense_acc"], fig["sparse_acc"]),
         ("test accuracy, PyTorch stripped", "-", fig["stripped_acc"]),
         ("test accuracy, onnxruntime", fig["ort_dense_acc"], fig["ort_sparse_acc"]),
-        ("sparsity of the sparsified layers", 0.0, fig["sparsity_layers"]),
-        ("sparsity of all parameters", "-", fig["sparsity_model"]),
-        ("zeros in ONNX weight tensors", "-", fig["onnx_weight_sparsity"]),
+        ("zeros in the sparsified weights", fig["dense_sparsity_layers"], fig["sparse_sparsity_layers"]),
+        ("zeros in all parameters", fig["dense_sparsity_model"], fig["sparse_sparsity_model"]),
+        ("zeros in ONNX weight tensors", fig["dense_onnx_weight_sparsity"], fig["sparse_onnx_weight_sparsity"]),
         ("ONNX file, KiB", fig["dense_onnx_bytes"] / kib, fig["sparse_onnx_bytes"] / kib),
         ("ONNX file gzip -9, KiB", fig["dense_onnx_gzip_bytes"] / kib, fig["sparse_onnx_gzip_bytes"] / kib),
-        ("onnxruntime vs PyTorch: argmax agreement", "-", fig["ort_argmax_agreement"]),
-        ("onnxruntime vs PyTorch: max |logit diff|", "-", f"{fig['ort_max_abs_diff']:.2e}"),
+        ("onnxruntime vs PyTorch: argmax agreement", fig["dense_ort_argmax_agreement"],
+         fig["sparse_ort_argmax_agreement"]),
+        ("onnxruntime vs PyTorch: max |logit diff|", f"{fig['dense_ort_max_abs_diff']:.2e}",
+         f"{fig['sparse_ort_max_abs_diff']:.2e}"),
     ]
     verdict = "agree" if fig["onnx_agrees"] else "DISAGREE"
     title = f"\nSummary (onnxruntime and PyTorch {verdict}; {fig['seconds']:.1f} s)"

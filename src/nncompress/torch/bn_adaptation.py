@@ -86,8 +86,8 @@ def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_sampl
             m.momentum = momentum
         raise
     finally:
-        for m, training in modes.items():
-            m.training = training
+        for module, training in modes.items():
+            module.training = training
     for m in bns:
         m.momentum = saved[id(m)][0]
     _average_across_ranks(bns)

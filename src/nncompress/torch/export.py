@@ -62,6 +62,15 @@ def opset_from_format(save_format: str | None) -> int:
     return opset
 
 
+def _batch_axes(input_names: list[str], tensors: tuple[Any, ...]) -> dict[str, dict[int, str]]:
+    """Axis 0 of every input with at least one dimension is a dynamic ``batch`` axis."""
+    return {
+        name: {0: "batch"}
+        for name, t in zip(input_names, tensors)
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    }
+
+
 def export_onnx(
     model: nn.Module,
     inputs: ModelInputs,
@@ -76,7 +85,8 @@ def export_onnx(
     :param inputs: ``(args, kwargs)`` example inputs for the forward.
     :param save_path: the ``.onnx`` file to write.
     :param opset: the ONNX opset version.
-    :param input_names: names of the graph inputs.
+    :param input_names: names of the graph inputs (default ``input_0``... then keyword names);
+        axis 0 of each input is exported as a dynamic batch axis.
     :param output_names: names of the graph outputs.
     :raises ExportError: if the exporter fails; nothing is written then.
     """
@@ -85,7 +95,7 @@ def export_onnx(
     args, kwargs = inputs
     runnable: nn.Module = _KeywordInputs(model, len(args), list(kwargs)) if kwargs else model
     export_args = (*args, *kwargs.values())
-    if input_names is None and kwargs:
+    if input_names is None:
         input_names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -102,8 +112,12 @@ def export_onnx(
                 opset_version=opset,
                 input_names=input_names,
                 output_names=output_names,
+                dynamic_axes=_batch_axes(input_names, export_args),
                 do_constant_folding=True,
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, target)
     except Exception as exc:
         raise ExportError(f"ONNX export to {str(target)!r} failed: {type(exc).__name__}: {exc}") from exc
