@@ -44,14 +44,13 @@ class _HookMode(TorchFunctionMode):
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         rt = self.rt
-        kwargs = kwargs or {}
-        if rt._by_param:
-            wmap = rt._by_param
-            if any(id(a) in wmap for a in args) or any(id(v) in wmap for v in kwargs.values()):
-                if op_base_name(func) not in _METADATA_OPS:
-                    args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
-                    kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
-        if not rt.op_points:
+        if kwargs is None:
+            kwargs = {}
+        wmap = rt._by_param
+        if wmap and _reads_any(wmap, args, kwargs) and op_base_name(func) not in _METADATA_OPS:
+            args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
+            kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
+        if not (rt.pre_points or rt.post_points):
             return func(*args, **kwargs)
         name = rt._next_op_name(func)
         pre = rt.pre_points.get(name)
@@ -66,6 +65,14 @@ class _HookMode(TorchFunctionMode):
             elif isinstance(result, tuple) and not hasattr(result, "_fields"):
                 result = tuple(chain(r) if isinstance(r, torch.Tensor) else r for r in result)
         return result
+
+
+def _reads_any(wmap: dict[int, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a call gets one of the transformed parameters (top-level arguments only)."""
+    for a in args:
+        if id(a) in wmap:
+            return True
+    return bool(kwargs) and any(id(v) in wmap for v in kwargs.values())
 
 
 def _map_ports(
