@@ -13,7 +13,17 @@ from tests.model_zoo import ControlFlowNet, FunctionalNet, ResidualCNN
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+def _shared_dir() -> Path:
+    """``../shared`` beside the repository (``NNCOMPRESS_SHARED`` overrides it)."""
+    candidates = [os.environ.get("NNCOMPRESS_SHARED", ""), Path(__file__).resolve().parents[2] / "shared",
+                  "/work/shared"]
+    for c in candidates:
+        if c and (Path(c) / "compat").is_dir():
+            return Path(c)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _shared_dir()
 
 
 @pytest.fixture

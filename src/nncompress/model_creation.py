@@ -11,8 +11,8 @@ from nncompress.algorithms.context import CompressionContext
 from nncompress.algorithms.registry import BUILDERS
 from nncompress.api.compression import CompressionAlgorithmController
 from nncompress.composite import CompositeCompressionAlgorithmBuilder
-from nncompress.config import CompressionConfig
-from nncompress.errors import CompressionStateError, InputInfoError, InvalidArgumentError
+from nncompress.config import AlgorithmSection, CompressionConfig
+from nncompress.errors import CompressionStateError, ConfigError, InputInfoError, InvalidArgumentError
 from nncompress.torch.inputs import inputs_from_infos, split_batch
 from nncompress.torch.runtime import get_runtime, remove_runtime
 
@@ -68,7 +68,9 @@ def create_compressed_model(
     if init_data is None:
         init_data = getattr(config, _INIT_DATA_ATTR, None)
     context = CompressionContext(*_example_inputs(config, example_input), init_data=init_data)
-    builders = [BUILDERS[s.algorithm](s, context) for s in config.algorithm_sections()]
+    sections = config.algorithm_sections()
+    _check_unique_algorithms(sections)
+    builders = [BUILDERS[s.algorithm](s, context) for s in sections]
     composite = CompositeCompressionAlgorithmBuilder(builders, context)
     if compression_state is not None:
         _check_state_shape(compression_state)
@@ -96,6 +98,19 @@ def _example_inputs(config: CompressionConfig, example_input: Any) -> tuple[Any,
             "or pass example_input to create_compressed_model"
         )
     return inputs_from_infos(infos), "input_info"
+
+
+def _check_unique_algorithms(sections: list[AlgorithmSection]) -> None:
+    seen: dict[str, str] = {}
+    for s in sections:
+        if s.algorithm in seen:
+            raise ConfigError(
+                f"{s.json_path}.algorithm",
+                f"{s.algorithm!r} already appears at {seen[s.algorithm]}; give each algorithm one section "
+                "(select layers with target_scopes / ignored_scopes)",
+                s.algorithm,
+            )
+        seen[s.algorithm] = s.json_path
 
 
 def _check_state_shape(state: Any) -> None:

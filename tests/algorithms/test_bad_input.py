@@ -105,3 +105,28 @@ def test_model_already_compressed(cnn: ResidualCNN) -> None:
     nnc.create_compressed_model(cnn, sparsity_config())
     with pytest.raises(ValueError, match="already compressed"):
         nnc.create_compressed_model(cnn, sparsity_config())
+
+
+def test_level_rules_the_schema_cannot_express(cnn: ResidualCNN) -> None:
+    with pytest.raises(ConfigError, match=r"compression\.sparsity_init.*above params\.sparsity_target"):
+        nnc.create_compressed_model(cnn, sparsity_config({"sparsity_init": 0.8, "sparsity_target": 0.5}))
+    with pytest.raises(ConfigError, match="multistep_sparsity_levels"):
+        nnc.create_compressed_model(
+            cnn, sparsity_config({"schedule": "multistep", "multistep_steps": [1, 2], "multistep_sparsity_levels": [0.5]})
+        )
+    with pytest.warns(UserWarning, match="update_per_optimizer_step"):
+        nnc.create_compressed_model(cnn, sparsity_config({"schedule": "exponential", "update_per_optimizer_step": True}))
+
+
+def test_one_section_per_algorithm(cnn: ResidualCNN) -> None:
+    section = {"algorithm": "magnitude_sparsity"}
+    config = {"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": [section, section]}
+    with pytest.raises(ConfigError, match=r"compression\[1\]\.algorithm.*already appears at compression\[0\]"):
+        nnc.create_compressed_model(cnn, config)
+    assert get_runtime(cnn) is None
+
+
+def test_config_without_compression_inserts_nothing(cnn: ResidualCNN) -> None:
+    keys = list(cnn.state_dict())
+    nnc.create_compressed_model(cnn, {"input_info": {"sample_size": [1, 1, 8, 8]}})
+    _assert_untouched(cnn, keys)

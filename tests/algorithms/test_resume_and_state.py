@@ -83,3 +83,22 @@ def test_state_from_another_config_is_refused_and_model_untouched() -> None:
         nnc.create_compressed_model(_fresh(), const, compression_state=state)
     with pytest.raises(CompressionStateError, match="builder_state"):
         nnc.create_compressed_model(_fresh(), other, compression_state={"model": 1})
+
+
+def test_state_from_another_model_is_refused() -> None:
+    ctrl, _ = nnc.create_compressed_model(_fresh(), sparsity_config(PARAMS))
+    state = ctrl.get_compression_state()
+    smaller = _fresh()
+    smaller.blocks = smaller.blocks[:1]  # one residual block less: different weights
+    with pytest.raises(CompressionStateError, match="different model"):
+        nnc.create_compressed_model(smaller, sparsity_config(PARAMS), compression_state=state)
+    assert get_runtime(smaller) is None
+
+
+def test_thresholds_survive_resume() -> None:
+    ctrl, model = nnc.create_compressed_model(_fresh(), sparsity_config(PARAMS))
+    ctrl.scheduler.epoch_step(2)
+    state = json.loads(json.dumps(ctrl.get_compression_state(), allow_nan=False))
+    ctrl2, model2 = nnc.create_compressed_model(ResidualCNN(), sparsity_config(PARAMS), compression_state=state)
+    model2.load_state_dict(model.state_dict())
+    assert [r.threshold for r in ctrl2.sparsified_weights] == [r.threshold for r in ctrl.sparsified_weights]

@@ -15,7 +15,7 @@ from tests.model_zoo import ResidualCNN
 
 def _config(samples: int = 64) -> nnc.CompressionConfig:
     return sparsity_config(
-        {"sparsity_init": 0.6}, initializer={"batchnorm_adaptation": {"num_bn_adaptation_samples": samples}}
+        {"sparsity_init": 0.6, "sparsity_target": 0.6}, initializer={"batchnorm_adaptation": {"num_bn_adaptation_samples": samples}}
     )
 
 

@@ -109,8 +109,21 @@ class BaseBuilder(CompressionAlgorithmBuilder):
         return self._section
 
     def get_transformation_layout(self, model: nn.Module) -> TransformationLayout:
-        """Capture the model (once per model) and compute this algorithm's insertions."""
-        return self._build_layout(model)
+        """Capture the model (once per model) and compute this algorithm's insertions.
+
+        :raises CompressionStateError: when resuming, if the state compressed other weights.
+        """
+        layout = self._build_layout(model)
+        if self._loaded_state is not None:
+            saved = self._loaded_state.get("compressed_ops")
+            now = [r.op for r in self.report.compressed]
+            if saved != now:
+                missing = sorted(set(saved or []) ^ set(now))[:3]
+                raise CompressionStateError(
+                    f"{self._section.json_path}: the compression_state was saved for a different model: it "
+                    f"compressed {len(saved or [])} ops, this model gives {len(now)} (differing, e.g.: {missing})"
+                )
+        return layout
 
     @abstractmethod
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
@@ -131,7 +144,11 @@ class BaseBuilder(CompressionAlgorithmBuilder):
 
     def get_state(self) -> dict[str, Any]:
         """:return: the config section and algorithm-specific state (JSON-serialisable)."""
-        return {"section": copy.deepcopy(self._section.section), **self._extra_state()}
+        return {
+            "section": copy.deepcopy(self._section.section),
+            "compressed_ops": [r.op for r in self.report.compressed],
+            **self._extra_state(),
+        }
 
     def _extra_state(self) -> dict[str, Any]:
         return {}

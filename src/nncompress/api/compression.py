@@ -115,7 +115,11 @@ class CompressionStage(IntEnum):
             return self
         return CompressionStage.PARTIALLY_COMPRESSED
 
-    __radd__ = __add__
+    def __radd__(self, other: object) -> CompressionStage:  # type: ignore[override]
+        """``0 + stage`` is ``stage``, so that ``sum(stages)`` folds stages with the table above."""
+        if type(other) is int and other == 0:
+            return self
+        return self.__add__(other)
 
 
 class StripFormat(Enum):

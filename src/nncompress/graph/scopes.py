@@ -19,7 +19,9 @@ from torch import nn
 REGEX_PREFIX = "{re}"
 # NNCF 2.x named wrapped modules NNCFConv2d, NNCFLinear...; nncompress keeps the user's modules,
 # so scope patterns written for NNCF match after dropping that prefix.
-_NNCF_CLASS_PREFIX = re.compile(r"NNCF(?=[A-Z])")
+_NNCF_CLASS_PREFIX = re.compile(
+    r"NNCF(?=(Conv|Linear|Embedding|BatchNorm|LayerNorm|GroupNorm|InstanceNorm|ConvTranspose)\w*\\?\[)"
+)
 
 
 def op_base_name(func: Callable[..., object]) -> str:
@@ -64,7 +66,10 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def normalize_scope_pattern(pattern: str) -> str:
-    """Drop NNCF's ``NNCF`` class-name prefix (``NNCFConv2d`` -> ``Conv2d``) from a pattern."""
+    """Drop the prefix of NNCF's wrapper classes (``NNCFConv2d[`` -> ``Conv2d[``) from a pattern.
+
+    Only NNCF's own wrapped module types are renamed; a user class such as ``NNCFBackbone`` stays.
+    """
     return _NNCF_CLASS_PREFIX.sub("", pattern)
 
 

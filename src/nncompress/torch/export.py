@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,8 +97,7 @@ def export_onnx(
     export_args = (*args, *kwargs.values())
     if input_names is None:
         input_names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = str(target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     was_training = model.training
     model.eval()
     try:
@@ -115,9 +114,6 @@ def export_onnx(
                 dynamic_axes=_batch_axes(input_names, export_args),
                 do_constant_folding=True,
             )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, target)
     except Exception as exc:
         raise ExportError(f"ONNX export to {str(target)!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -20,11 +20,16 @@ _DTYPES = {
     "float32": torch.float32,
     "half": torch.float16,
     "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
     "double": torch.float64,
+    "float64": torch.float64,
     "long": torch.int64,
     "int64": torch.int64,
     "int": torch.int32,
     "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
     "bool": torch.bool,
 }
 
@@ -34,8 +39,8 @@ ModelInputs = tuple[tuple[Any, ...], dict[str, Any]]
 def tensor_from_info(info: InputInfo, seed: int = 0) -> torch.Tensor:
     """One input tensor as ``input_info`` describes it.
 
-    Fillers: ``zeros``, ``ones``, ``random`` (standard normal for floats, uniform in [0, 2) for
-    integers). Default: ``random`` for floats, ``zeros`` for integers and booleans (safe token ids).
+    Fillers: ``zeros``, ``ones`` (the default, as in NNCF 2.x; a valid token id too) and
+    ``random`` (standard normal for floats, 0 or 1 for integers).
 
     :param info: one ``input_info`` entry.
     :param seed: seed of the random filler, so capture is reproducible.
@@ -45,7 +50,7 @@ def tensor_from_info(info: InputInfo, seed: int = 0) -> torch.Tensor:
     if dtype is None:
         raise InputInfoError(f"input_info type {info.dtype!r} is not supported; allowed: {sorted(_DTYPES)}")
     shape = tuple(info.shape)
-    filler = info.filler or ("random" if dtype.is_floating_point else "zeros")
+    filler = info.filler or "ones"
     if filler == "zeros":
         return torch.zeros(shape, dtype=dtype)
     if filler == "ones":

@@ -259,7 +259,7 @@ def _install(model: nn.Module) -> HookRuntime:
     return rt
 
 
-def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime:
+def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime | None:
     """Insert every module of the layout into the model, in priority order.
 
     All points are checked before anything changes: a weight point must name an existing
@@ -267,7 +267,7 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime:
 
     :param model: the model.
     :param layout: the commands.
-    :return: the model's runtime.
+    :return: the model's runtime (``None`` for an empty layout on a model without one).
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     for c in layout.commands:
@@ -277,6 +277,8 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime:
             if name not in params:
                 raise InvalidArgumentError(f"weight target point {name!r} is not a parameter of the model")
     existing = get_runtime(model)
+    if existing is None and not layout.commands:
+        return None
     rt = existing or _install(model)
     had_op_points = rt.op_points
     try:

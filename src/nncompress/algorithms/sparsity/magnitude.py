@@ -14,6 +14,8 @@ Masks are recomputed when the level changes (``torch.kthvalue`` once over all im
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +84,19 @@ class MagnitudeSparsityParams:
         if result.schedule == "multistep" and result.multistep_steps != sorted(set(result.multistep_steps)):
             raise ConfigError(f"{section.json_path}.params.multistep_steps", "must be strictly increasing",
                               result.multistep_steps)
+        if result.schedule != "multistep" and result.sparsity_init > result.sparsity_target:
+            raise ConfigError(
+                f"{section.json_path}.sparsity_init",
+                f"{result.sparsity_init} is above params.sparsity_target {result.sparsity_target}; "
+                "the schedule raises the level from sparsity_init to sparsity_target",
+                result.sparsity_init,
+            )
+        if result.update_per_optimizer_step and result.schedule != "polynomial":
+            warnings.warn(
+                f"{section.json_path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
+                f"the {result.schedule} schedule updates once per epoch",
+                stacklevel=2,
+            )
         return result
 
     @property
@@ -183,11 +198,16 @@ class MagnitudeSparsityController(BaseSparsityController):
         return self.params.final_level, self.current_level
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"current_level": self.current_level, "frozen": self.frozen}
+        # -inf (level 0: nothing masked) is stored as None to keep the state strict JSON
+        thresholds = [None if r.threshold is None or math.isinf(r.threshold) else r.threshold
+                      for r in self.sparsified_weights]
+        return {"current_level": self.current_level, "frozen": self.frozen, "thresholds": thresholds}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.current_level = float(state["current_level"])
         self.frozen = bool(state["frozen"])
+        for rec, thr in zip(self.sparsified_weights, state["thresholds"]):
+            rec.threshold = -math.inf if thr is None else float(thr)
 
 
 def _make_scheduler(ctrl: MagnitudeSparsityController, p: MagnitudeSparsityParams) -> SparsityScheduler:
