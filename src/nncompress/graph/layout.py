@@ -84,12 +84,16 @@ class InsertionCommand:
     :param group: the algorithm name; inserted modules are stored under
         ``nncompress.<group>.<point key>`` in the model's ``state_dict``.
     :param priority: order among modules at the same point.
+    :param owner_only: for weight points: the capture saw the weight read only by ops of its
+        owning module, so the runtime may swap the transformed weight in around that module's
+        forward instead of intercepting every op (faster; same result).
     """
 
     point: TargetPoint
     module: nn.Module
     group: str
     priority: int = Priority.QUANTIZATION
+    owner_only: bool = False
 
 
 @dataclass

@@ -109,12 +109,17 @@ class HookRuntime(nn.Module):
         self.weight_points: dict[str, list[Entry]] = {}  # "module.param" -> entries
         self.pre_points: dict[str, dict[int, list[Entry]]] = {}  # op name -> port -> entries
         self.post_points: dict[str, list[Entry]] = {}  # op name -> entries
+        # Weights read only by ops of their owning module: swapped in by that module's hooks,
+        # which is cheaper than intercepting every op of the forward.
+        self.owner_local: set[str] = set()
         self._depth = 0
         self._reset_forward_state()
 
     def _reset_forward_state(self) -> None:
         self._mode: _HookMode | None = None
         self._by_param: dict[int, list[Entry]] = {}
+        self._by_owner: dict[nn.Module, list[tuple[str, list[Entry]]]] = {}
+        self._swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
         self._weight_cache: dict[int, torch.Tensor] = {}
         self._scopes: dict[nn.Module, tuple[str, str]] = {}
         self._stack: list[nn.Module] = []
@@ -123,7 +128,8 @@ class HookRuntime(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy / pickle: per-forward state is not copied.
         state = self.__dict__.copy()
-        state.update(_mode=None, _by_param={}, _weight_cache={}, _scopes={}, _stack=[], _counters={}, _depth=0)
+        state.update(_mode=None, _by_param={}, _by_owner={}, _swapped=[], _weight_cache={},
+                     _scopes={}, _stack=[], _counters={}, _depth=0)
         return state
 
     @property
@@ -148,7 +154,12 @@ class HookRuntime(nn.Module):
         entry: Entry = (int(command.priority), group, key)
         point = command.point
         if point.target_type is TargetType.WEIGHT:
-            lst = self.weight_points.setdefault(f"{point.target}.{point.param}".lstrip("."), [])
+            name = f"{point.target}.{point.param}".lstrip(".")
+            if command.owner_only and name not in self.weight_points:
+                self.owner_local.add(name)
+            elif not command.owner_only:
+                self.owner_local.discard(name)
+            lst = self.weight_points.setdefault(name, [])
         elif point.target_type is TargetType.OPERATION_INPUT:
             lst = self.pre_points.setdefault(point.target, {}).setdefault(point.port, [])
         else:
@@ -166,32 +177,26 @@ class HookRuntime(nn.Module):
         """The inserted module of an entry."""
         return self.group(entry[1])[entry[2]]
 
-    def entries(self) -> list[tuple[str, Entry]]:
-        """Every (point description, entry) pair."""
-        out: list[tuple[str, Entry]] = []
-        for name, lst in self.weight_points.items():
-            out += [(name, e) for e in lst]
-        for name, ports in self.pre_points.items():
-            out += [(name, e) for lst in ports.values() for e in lst]
-        for name, lst in self.post_points.items():
-            out += [(name, e) for e in lst]
-        return out
-
     # -- forward -------------------------------------------------------------------------------
 
     def enter(self, root: nn.Module, args: Any) -> None:
-        """Forward pre-hook of the model: activate the hook mode."""
+        """Forward pre-hook of the model: map parameters to their modules, activate the hook mode."""
         self._depth += 1
         if self._depth > 1:
             return
         for name, entries in self.weight_points.items():
-            param = root.get_parameter(name)
-            self._by_param[id(param)] = entries
+            owner_name, _, pname = name.rpartition(".")
+            owner = root.get_submodule(owner_name)
+            if name in self.owner_local:
+                self._by_owner.setdefault(owner, []).append((pname, entries))
+            else:
+                self._by_param[id(owner._parameters[pname])] = entries
         if self.op_points:
             self._scopes = module_scopes(root, skip=self)
             self._stack = [root]
-        self._mode = _HookMode(self)
-        self._mode.__enter__()
+        if self._by_param or self.op_points:
+            self._mode = _HookMode(self)
+            self._mode.__enter__()
 
     def exit(self, root: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook of the model (runs even if the forward raised)."""
@@ -199,9 +204,32 @@ class HookRuntime(nn.Module):
         if self._depth > 0:
             return
         mode = self._mode
+        for module, pname, param in reversed(self._swapped):  # the root's own weights, if any
+            module._parameters[pname] = param  # type: ignore[assignment]
         self._reset_forward_state()
         if mode is not None:
             mode.__exit__(None, None, None)
+
+    def swap_in(self, module: nn.Module, args: Any) -> None:
+        """Forward pre-hook of a module owning owner-local weights: use the transformed weights.
+
+        For the duration of the module's forward, ``module._parameters[name]`` holds the
+        transformed tensor (computed from the parameter, so gradients reach the parameter).
+        """
+        for pname, entries in self._by_owner.get(module, ()):
+            param = module._parameters[pname]
+            assert param is not None  # checked when the layout was applied
+            weight: torch.Tensor = param
+            for entry in entries:
+                weight = self.module_at(entry)(weight)
+            self._swapped.append((module, pname, param))
+            module._parameters[pname] = weight  # type: ignore[assignment]
+
+    def swap_out(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Forward post-hook (runs even if the forward raised): put the parameters back."""
+        while self._swapped and self._swapped[-1][0] is module:
+            _, pname, param = self._swapped.pop()
+            module._parameters[pname] = param  # type: ignore[assignment]
 
     def push_scope(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of every module when operation points exist."""
@@ -281,6 +309,7 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
         return None
     rt = existing or _install(model)
     had_op_points = rt.op_points
+    hooked_owners = {n.rpartition(".")[0] for n in rt.owner_local}
     try:
         for c in sorted(layout.commands, key=lambda c: int(c.priority)):
             rt.insert(c)
@@ -288,6 +317,11 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
         if existing is None:
             remove_runtime(model)
         raise
+    owners = {n.rpartition(".")[0] for n in rt.owner_local}
+    for owner_name in sorted(owners - hooked_owners):
+        owner = model.get_submodule(owner_name)
+        owner.register_forward_pre_hook(rt.swap_in)
+        owner.register_forward_hook(rt.swap_out, always_call=True)
     if rt.op_points and not had_op_points:
         for module in module_scopes(model, skip=rt):
             if module is not model:

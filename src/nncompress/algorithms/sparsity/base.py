@@ -10,7 +10,7 @@ from torch import nn
 
 from nncompress.api.compression import StripFormat
 from nncompress.api.statistics import CompressionStatistics, format_table
-from nncompress.graph.capture import OpNode
+from nncompress.graph.capture import CapturedGraph, OpNode
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
 
 from ..base import BaseController
@@ -120,14 +120,21 @@ class SparsityStatistics:
         return self.to_str()
 
 
-def mask_layout(nodes: list[OpNode], model: nn.Module, group: str) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
+def mask_layout(
+    nodes: list[OpNode], graph: CapturedGraph, model: nn.Module, group: str
+) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
     """A mask on the main weight of each op, and the records the controller keeps.
 
     :param nodes: the selected ops (each with a main weight).
+    :param graph: the captured graph (to see which modules read each weight).
     :param model: the model (to read the weights).
     :param group: the algorithm name.
     :return: the layout and one :class:`SparsifiedWeight` per op.
     """
+    readers: dict[str, set[str]] = {}
+    for n in graph:
+        for read in n.weights:
+            readers.setdefault(read.qualified_name, set()).add(n.module)
     layout = TransformationLayout()
     records = []
     for node in nodes:
@@ -136,7 +143,8 @@ def mask_layout(nodes: list[OpNode], model: nn.Module, group: str) -> tuple[Tran
         param = model.get_parameter(w.qualified_name)
         mask = SparsityMask(param.detach())
         point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
-        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION))
+        owner_only = readers.get(w.qualified_name) == {w.module}
+        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, owner_only))
         records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
     return layout, records
 

@@ -23,8 +23,9 @@ class ConstSparsityBuilder(BaseBuilder):
     priority = Priority.SPARSIFICATION
 
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
-        nodes, self.report = select_weighted_ops(self._context.graph_for(model), self._section, SPARSIFIABLE_OPS)
-        layout, self._weights = mask_layout(nodes, model, self.algorithm)
+        graph = self._context.graph_for(model)
+        nodes, self.report = select_weighted_ops(graph, self._section, SPARSIFIABLE_OPS)
+        layout, self._weights = mask_layout(nodes, graph, model, self.algorithm)
         for rec in self._weights:
             weight = model.get_parameter(rec.weight).detach()
             rec.mask.mask.copy_((weight != 0).to(rec.mask.mask.dtype))

@@ -117,8 +117,9 @@ class MagnitudeSparsityBuilder(BaseBuilder):
         self._weights: list[SparsifiedWeight] = []
 
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
-        nodes, self.report = select_weighted_ops(self._context.graph_for(model), self._section, SPARSIFIABLE_OPS)
-        layout, self._weights = mask_layout(nodes, model, self.algorithm)
+        graph = self._context.graph_for(model)
+        nodes, self.report = select_weighted_ops(graph, self._section, SPARSIFIABLE_OPS)
+        layout, self._weights = mask_layout(nodes, graph, model, self.algorithm)
         return layout
 
     def build_controller(self, model: nn.Module) -> MagnitudeSparsityController:
