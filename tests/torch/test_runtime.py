@@ -160,3 +160,63 @@ def test_duplicate_command_in_one_group_is_refused() -> None:
     layout.register(_cmd(point, Affine(1.0)))
     with pytest.raises(InvalidArgumentError):
         layout.register(_cmd(point, Affine(2.0)))
+
+
+def _mask_of(model: nn.Module, weight: str) -> torch.Tensor:
+    rt = get_runtime(model)
+    assert rt is not None
+    return rt.group("magnitude_sparsity")["weight:" + weight.replace(".", "/")].mask
+
+
+def _sparsify(model: nn.Module, example: torch.Tensor) -> None:
+    import nncompress as nnc
+
+    config = {"compression": {"algorithm": "magnitude_sparsity", "sparsity_init": 0.5,
+                              "params": {"sparsity_target": 0.5}}}
+    nnc.create_compressed_model(model, config, example_input=example)
+
+
+def test_owner_local_weights_are_swapped_and_restored(functional_net: FunctionalNet) -> None:
+    x = torch.randn(2, 3, 8)
+    _sparsify(functional_net, x)
+    rt = get_runtime(functional_net)
+    assert rt is not None and rt.owner_local == {"w_in", "w_out"}
+    m = functional_net
+    w_in = m.w_in * _mask_of(m, "w_in")
+    h = torch.matmul(x, w_in)
+    attn = torch.softmax(torch.matmul(h, h.transpose(-1, -2)), dim=-1)
+    expected = torch.nn.functional.linear(torch.matmul(attn, h), m.w_out * _mask_of(m, "w_out"), m.bias)
+    assert torch.allclose(m(x), expected, atol=1e-6)
+    assert isinstance(m._parameters["w_in"], nn.Parameter) and isinstance(m.w_out, nn.Parameter)
+    assert m.w_in.grad is None
+    m(x).sum().backward()
+    assert m.w_in.grad is not None and torch.all(m.w_in.grad[_mask_of(m, "w_in") == 0] == 0)
+
+
+def test_tied_weight_read_by_two_modules_is_masked_everywhere() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(ids))
+
+    torch.manual_seed(0)
+    model = Tied()
+    ids = torch.arange(10).view(2, 5)
+    _sparsify(model, ids)
+    rt = get_runtime(model)
+    assert rt is not None and rt.owner_local == set()  # read in two modules: intercepted per op
+    w = model.emb.weight * _mask_of(model, "emb.weight")
+    assert torch.allclose(model(ids), torch.nn.functional.embedding(ids, w) @ w.t(), atol=1e-6)
+
+
+def test_parameters_are_restored_when_the_forward_raises(cnn: ResidualCNN) -> None:
+    _sparsify(cnn, torch.randn(1, 1, 8, 8))
+    with pytest.raises(RuntimeError):
+        cnn(torch.randn(1, 3, 8, 8))
+    assert all(isinstance(m._parameters.get("weight"), (nn.Parameter, type(None))) for m in cnn.modules())
+    assert all(isinstance(p, nn.Parameter) for p in cnn.parameters())
