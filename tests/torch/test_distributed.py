@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
@@ -15,15 +13,9 @@ from tests.algorithms.helpers import sparsity_config
 from tests.model_zoo import ResidualCNN
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out: str) -> None:
+    # file rendezvous: no TCP port to race for when tests run in parallel
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = ResidualCNN()
@@ -53,7 +45,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ddp_two_ranks_stay_identical(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     i0, i1 = torch.load(tmp_path / "init0.pt"), torch.load(tmp_path / "init1.pt")
     for k in i0:  # BatchNorm adaptation on different data per rank ends in the same statistics
         assert torch.equal(i0[k], i1[k]), k
