@@ -37,6 +37,7 @@ class CaptureReport:
 
     algorithm: str
     rows: list[ReportRow] = field(default_factory=list)
+    subject: str = "weighted ops"
 
     @property
     def compressed(self) -> list[ReportRow]:
@@ -57,7 +58,7 @@ class CaptureReport:
             for r in self.rows
         ]
         header = (("algorithm",) if several else ()) + ("op", "weight", "shape", "status", "reason")
-        title = f"{self.algorithm}: {len(self.compressed)} of {len(self.rows)} weighted ops compressed"
+        title = f"{self.algorithm}: {len(self.compressed)} of {len(self.rows)} {self.subject} compressed"
         return format_table(header, rows, title)
 
     @classmethod

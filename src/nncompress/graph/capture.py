@@ -53,8 +53,8 @@ class OpNode:
     :param scope: the module scope (``Net/Conv2d[conv1]``).
     :param module: qualified name of the innermost module running the op (``""`` for the root).
     :param module_type: class name of that module.
-    :param inputs: for each tensor argument, the name of the op that produced it (``None`` for
-        model inputs and constants).
+    :param inputs: for each tensor argument, the name of the op that produced it,
+        ``"@input:<i or keyword>"`` for a model input, ``None`` for constants and buffers.
     :param weights: the parameters the op reads directly.
     :param output_shapes: shapes of the tensors it returned.
     """
@@ -67,6 +67,8 @@ class OpNode:
     inputs: list[str | None] = field(default_factory=list)
     weights: list[WeightRead] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    output_dtypes: list[torch.dtype] = field(default_factory=list)
+    input_dtypes: list[torch.dtype] = field(default_factory=list)
 
     @property
     def weight(self) -> WeightRead | None:
@@ -81,17 +83,28 @@ class CapturedGraph:
     :param nodes: op name -> node, in the order the ops ran.
     :param model_type: class name of the captured model.
     :param capture_seconds: wall time the capture took.
+    :param outputs: the ops whose results the model returned, in output order.
     """
 
     nodes: dict[str, OpNode]
     model_type: str
     capture_seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[OpNode]:
         return iter(self.nodes.values())
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def consumers(self) -> dict[str, list[tuple[str, int]]]:
+        """Producer name (op or ``@input:...``) -> the (op, port) pairs that read its output."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for node in self.nodes.values():
+            for port, producer in enumerate(node.inputs):
+                if producer is not None:
+                    out.setdefault(producer, []).append((node.name, port))
+        return out
 
     def weighted_nodes(self) -> list[OpNode]:
         """Ops that read at least one parameter, in execution order."""
@@ -161,11 +174,13 @@ class _CaptureMode(TorchFunctionMode):
         node = OpNode(name, op, scope, module_name, type(module).__name__)
         for port, t in enumerate(tensor_args(args, kwargs)):
             node.inputs.append(self.producers.get(id(t)))
+            node.input_dtypes.append(t.dtype)
             owner = self.params.get(id(t)) if isinstance(t, nn.Parameter) else None
             if owner is not None:
                 node.weights.append(WeightRead(port, owner[0], owner[1], tuple(t.shape)))
         for t in outputs:
             node.output_shapes.append(tuple(t.shape))
+            node.output_dtypes.append(t.dtype)
             self.producers[id(t)] = name
             self.keep_alive.append(t)
         self.nodes[name] = node
@@ -204,11 +219,17 @@ def capture(
         handles.append(module.register_forward_pre_hook(mode.enter_module))
         handles.append(module.register_forward_hook(mode.exit_module, always_call=True))
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    for i, t in enumerate(args):
+        if isinstance(t, torch.Tensor):
+            mode.producers[id(t)] = f"@input:{i}"
+    for key, t in kwargs.items():
+        if isinstance(t, torch.Tensor):
+            mode.producers[id(t)] = f"@input:{key}"
     rng = torch.get_rng_state()
     start = time.perf_counter()
     try:
         with torch.no_grad(), mode:
-            model(*args, **kwargs)
+            result = model(*args, **kwargs)
     except Exception as exc:
         raise CaptureError(
             f"the model failed while nncompress ran it once to capture its operations "
@@ -223,4 +244,16 @@ def capture(
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
-    return CapturedGraph(mode.nodes, type(model).__name__, elapsed)
+    outputs = [mode.producers[id(t)] for t in _output_tensors(result) if id(t) in mode.producers]
+    return CapturedGraph(mode.nodes, type(model).__name__, elapsed, [o for o in outputs if not o.startswith("@")])
+
+
+def _output_tensors(result: Any) -> list[torch.Tensor]:
+    """The tensors in a forward's result: a tensor, nested tuples/lists, dicts, ModelOutput."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, dict):
+        return [t for v in result.values() for t in _output_tensors(v)]
+    if isinstance(result, (list, tuple)):
+        return [t for v in result for t in _output_tensors(v)]
+    return []

@@ -1,0 +1,1 @@
+"""Quantization-aware training: fake quantizers on weights and activations, INT8 QDQ export."""

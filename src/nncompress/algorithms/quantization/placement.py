@@ -1,0 +1,171 @@
+"""Where quantizers go: inputs and weights of the ops integer kernels run.
+
+* Weights of ``conv*``, ``linear``, ``matmul``/``mm``/``bmm``/``addmm`` and ``embedding``: one
+  quantizer on the weight as the op reads it, per-channel along the output channels.
+* Activations feeding ``conv*``, ``linear``, ``matmul``/``mm``/``bmm``/``addmm``/``baddbmm`` and
+  element-wise ``add`` of two activations: one quantizer on the output of the op producing them,
+  shared by every consumer of that tensor (a tensor read by three convs is quantized once).
+  Producers with several outputs get a quantizer at each consumer's input instead. Model inputs
+  are quantized when ``quantize_inputs`` is set; constants and buffers, integer tensors and
+  a conv output that also feeds its BatchNorm (which export folds into the conv) are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nncompress.config import AlgorithmSection
+from nncompress.graph.capture import CapturedGraph, OpNode
+from nncompress.graph.layout import TargetPoint, TargetType
+from nncompress.graph.scopes import scope_matches
+
+from ..selection import CaptureReport, ReportRow, validate_scopes
+from .params import QuantizationParams, QuantizerParams
+
+WEIGHT_OPS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "linear", "matmul", "mm", "bmm", "addmm", "embedding",
+})  # fmt: skip
+ACTIVATION_OPS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "add", "iadd",
+})  # fmt: skip
+_FUSED_AFTER_CONV = frozenset({"batch_norm", "relu", "relu_", "relu6", "hardtanh", "silu", "gelu"})
+_CONV = frozenset(op for op in WEIGHT_OPS if op.startswith("conv"))
+
+
+@dataclass(frozen=True)
+class QuantizerPlacement:
+    """One quantizer to insert.
+
+    :param point: where.
+    :param group: ``weights`` or ``activations``.
+    :param params: its settings (scope overrides applied).
+    :param channel_axis: the per-channel axis of the quantized tensor, ``None`` for per-tensor.
+    :param num_channels: the size of that axis (1 for per-tensor).
+    :param consumers: the ops it feeds.
+    """
+
+    point: TargetPoint
+    group: str
+    params: QuantizerParams
+    channel_axis: int | None
+    num_channels: int
+    consumers: tuple[str, ...]
+
+
+def _weight_axis(node: OpNode, port: int, ndim: int) -> int:
+    if node.op.startswith("conv_transpose"):
+        return 1
+    if node.op in ("matmul", "mm", "bmm", "addmm"):
+        return ndim - 1 if port >= 1 else ndim - 2  # x @ W: output features are W's last axis
+    return 0
+
+
+def place_quantizers(
+    graph: CapturedGraph, section: AlgorithmSection, params: QuantizationParams
+) -> tuple[list[QuantizerPlacement], CaptureReport]:
+    """All quantizers for the graph, and a report of every potential place with its outcome."""
+    validate_scopes(graph, section)
+    report = CaptureReport(section.algorithm, subject="potential quantizer places (weights, op inputs)")
+    placements: list[QuantizerPlacement] = []
+
+    def skip_reason(name: str, group: str) -> str | None:
+        hit = next((p for p in section.ignored_scopes if scope_matches(name, p)), None)
+        if hit is not None:
+            return f"matches ignored_scopes entry {hit!r}"
+        if section.target_scopes is not None and not any(scope_matches(name, p) for p in section.target_scopes):
+            return "outside target_scopes"
+        return params.in_group_scope(name, group)
+
+    weights_done: dict[str, str] = {}
+    for node in graph.weighted_nodes():
+        w = node.weight
+        if w is None or node.op not in WEIGHT_OPS:
+            continue
+        reason = skip_reason(node.name, "weights")
+        if reason is None and w.qualified_name in weights_done:
+            reason = f"weight shared with {weights_done[w.qualified_name]}, quantized there"
+        qp = params.for_point(node.name, "weights")
+        axis = _weight_axis(node, w.port, len(w.shape)) if qp.per_channel else None
+        report.rows.append(ReportRow(node.name, node.op, w.qualified_name, w.shape, reason is None,
+                                     reason or f"weight, {qp.bits} bit", section.algorithm))
+        if reason is None:
+            weights_done[w.qualified_name] = node.name
+            placements.append(QuantizerPlacement(
+                TargetPoint(TargetType.WEIGHT, w.module, param=w.param), "weights", qp, axis,
+                w.shape[axis] if axis is not None else 1, (node.name,),
+            ))
+    placements += _place_activations(graph, section, params, report, skip_reason)
+    if params.quantize_outputs:
+        taken = {p.point.target for p in placements if p.point.target_type is TargetType.OPERATION_OUTPUT}
+        for producer in graph.outputs:
+            node = graph.nodes.get(producer)
+            if node is None or producer in taken or not node.output_dtypes[0].is_floating_point:
+                continue
+            qp = params.for_point(producer, "activations")
+            report.rows.append(ReportRow(producer, node.op, "model output", (), True, "quantize_outputs",
+                                         section.algorithm))
+            placements.append(QuantizerPlacement(TargetPoint(TargetType.OPERATION_OUTPUT, producer),
+                                                 "activations", qp, None, 1, ()))
+            taken.add(producer)
+    return placements, report
+
+
+def _place_activations(graph, section, params, report, skip_reason) -> list[QuantizerPlacement]:  # type: ignore[no-untyped-def]
+    consumers = graph.consumers()
+    placed: dict[str, int] = {}  # producer -> index in out
+    out: list[QuantizerPlacement] = []
+    for node in graph:
+        if node.op not in ACTIVATION_OPS:
+            continue
+        weight_ports = {w.port for w in node.weights}
+        data_ports = [p for p in range(len(node.inputs)) if p not in weight_ports]
+        if node.op in ("add", "iadd") and len(data_ports) < 2:
+            continue  # x + constant: not an integer kernel
+        for port in data_ports:
+            producer = node.inputs[port]
+            label = f"input {port} from {producer or 'a constant'}"
+            reason = skip_reason(node.name, "activations")
+            if reason is None:
+                reason = _activation_skip(graph, node, port, producer, params, consumers)
+            if reason is None and producer in placed:
+                i = placed[producer]
+                out[i] = QuantizerPlacement(out[i].point, "activations", out[i].params, None, 1,
+                                            (*out[i].consumers, node.name))
+                report.rows.append(ReportRow(node.name, node.op, label, (), True,
+                                             f"shares the quantizer after {producer}", section.algorithm))
+                continue
+            qp = params.for_point(node.name, "activations")
+            report.rows.append(ReportRow(node.name, node.op, label, (), reason is None,
+                                         reason or f"activation, {qp.bits} bit", section.algorithm))
+            if reason is not None:
+                continue
+            assert producer is not None
+            single_output = producer.startswith("@") or len(graph.nodes[producer].output_shapes) == 1
+            if single_output and not producer.startswith("@"):
+                point = TargetPoint(TargetType.OPERATION_OUTPUT, producer)
+                placed[producer] = len(out)
+            else:  # a model input or one output of several: quantize at this consumer's input
+                point = TargetPoint(TargetType.OPERATION_INPUT, node.name, port=port)
+            out.append(QuantizerPlacement(point, "activations", qp, None, 1, (node.name,)))
+    return out
+
+
+def _activation_skip(
+    graph: CapturedGraph, node: OpNode, port: int, producer: str | None, params: QuantizationParams,
+    consumers: dict[str, list[tuple[str, int]]],
+) -> str | None:
+    if producer is None:
+        return "a constant or buffer, not an activation"
+    if node.input_dtypes and not node.input_dtypes[port].is_floating_point:
+        return f"integer tensor ({node.input_dtypes[port]})"
+    if producer.startswith("@"):
+        return None if params.quantize_inputs else "model input and quantize_inputs is false"
+    prod = graph.nodes[producer]
+    if prod.op in _CONV and any(graph.nodes[c].op in _FUSED_AFTER_CONV for c, _ in consumers.get(producer, [])):
+        return f"between {prod.op} and the BatchNorm/activation fused with it"
+    if prod.output_dtypes and not prod.output_dtypes[0].is_floating_point:
+        return "integer tensor"
+    return None
+
