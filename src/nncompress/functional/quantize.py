@@ -1,0 +1,441 @@
+"""Uniform affine quantization math for quantization-aware training (QAT).
+
+Tensor in, tensor out; nothing here knows about modules. A real ``x`` maps to an integer ``q`` and
+back through a step ``s > 0`` (``scale``) and an integer ``z`` (``zero_point``):
+
+.. math::
+
+    q = \\operatorname{clamp}(\\lfloor x \\cdot (1/s) \\rceil + z,\\ q_{min},\\ q_{max}), \\qquad
+    \\hat{x} = (q - z) \\cdot s
+
+with :math:`\\lfloor \\cdot \\rceil` rounding half to even (``torch.round``; the fused kernels'
+``std::nearbyint``). As in those kernels, ``scale`` is used as float32, ``zero_point`` as int32,
+and ``x / s`` is ``x * (1/s)`` with ``1/s`` in float32 and the product in float32 (float64 for
+float64 ``x``): it can differ from the exact quotient by an ulp, next to midpoints between levels.
+
+Granularity is the single argument ``axis``:
+
+=====================  ============  ==========================================================
+granularity            ``axis``      ``scale`` / ``zero_point`` shape
+=====================  ============  ==========================================================
+per-tensor             ``None``      ``()`` or ``(1,)``: one step and zero point for all of ``x``
+per-channel            ``int`` ``a`` ``(x.shape[a],)``: one per slice ``x.select(a, c)``
+=====================  ============  ==========================================================
+
+``scale`` and ``zero_point`` share a shape (as :func:`scale_zero_point` returns them); ``axis``
+may be negative. Every function checks that ``scale`` is finite and positive and (except learnable
+zero points, which are clamped) that ``zero_point`` lies in ``[qmin, qmax]``: one device
+synchronisation per call, as PyTorch's per-channel kernels already do.
+
+A typical use::
+
+    qmin, qmax = integer_range(8, signed=True, narrow_range=False)
+    scale, zp = scale_zero_point(w.amin(dim=(1, 2, 3)), w.amax(dim=(1, 2, 3)), qmin, qmax, symmetric=True)
+    w_fq = fake_quantize(w, scale, zp, qmin, qmax, axis=0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from nncompress.errors import InvalidArgumentError
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def integer_range(bits: int, signed: bool, narrow_range: bool) -> tuple[int, int]:
+    """Integer range ``(qmin, qmax)`` of a ``bits``-wide quantized value.
+
+    ==========  =============================  =============================
+    ``signed``  ``narrow_range=False``         ``narrow_range=True``
+    ==========  =============================  =============================
+    ``True``    ``[-2^(b-1), 2^(b-1) - 1]``    ``[-2^(b-1) + 1, 2^(b-1) - 1]``
+    ``False``   ``[0, 2^b - 1]``               ``[0, 2^b - 2]``
+    ==========  =============================  =============================
+
+    >>> integer_range(8, signed=True, narrow_range=False)
+    (-128, 127)
+    >>> integer_range(4, signed=False, narrow_range=True)
+    (0, 14)
+
+    :param bits: bit width, an int in ``2..8``.
+    :param signed: centred on zero (weights) or starting at zero (e.g. ReLU outputs).
+    :param narrow_range: drop the lowest signed level (a symmetric range) or the highest unsigned one.
+    :return: ``(qmin, qmax)``.
+    :raises InvalidArgumentError: if ``bits`` is not an int in ``2..8``.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise InvalidArgumentError(f"bits must be an int in 2..8, got {bits!r}")
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow_range), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1 - int(narrow_range)
+
+
+def _check_range(qmin: int, qmax: int) -> None:
+    """Raise unless ``qmin <= 0 < qmax`` are ints within int32 (the range must hold zero)."""
+    for name, value in (("qmin", qmin), ("qmax", qmax)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
+    if not _INT32_MIN <= qmin <= 0 < qmax <= _INT32_MAX:
+        raise InvalidArgumentError(f"need -2**31 <= qmin <= 0 < qmax < 2**31, got ({qmin}, {qmax})")
+
+
+def scale_zero_point(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step and zero point that cover ``[min_val, max_val]`` with zero exactly on the grid.
+
+    Computed in float64; the step is then rounded once to float32.
+
+    - **Symmetric**: ``z = 0``, :math:`s = a / L` with :math:`a = \\max(|min|, |max|)`, ``L = qmax``
+      if ``qmin = 0`` else ``min(qmax, -qmin)`` (``= qmax`` for every :func:`integer_range`: NNCF's
+      ``scale / level_high``). A signed range covers ``[-a, a]`` (a full one a step more below);
+      an unsigned one covers ``[0, a]`` and clips negative values to 0.
+    - **Asymmetric**: widened to hold zero, ``lo = min(min, 0)``, ``hi = max(max, 0)``;
+      :math:`s = (hi - lo) / (q_{max} - q_{min})`,
+      :math:`z = \\operatorname{clamp}(\\lfloor q_{min} - lo / s \\rceil, q_{min}, q_{max})` (float32
+      ``s``, half to even): rounding ``z`` shifts the grid by at most ``s / 2``.
+
+    ``s`` is clamped to ``>= eps`` (an all-zero range gets ``eps``). Every value of the covered
+    range round-trips through :func:`fake_quantize` with error ``<= s / 2`` (up to float rounding).
+
+    >>> scale_zero_point(torch.tensor(-1.0), torch.tensor(3.0), 0, 255, symmetric=False)
+    (tensor(0.0157), tensor(64, dtype=torch.int32))
+
+    :param min_val: smallest observed value: 0-d (per-tensor) or 1-d (per-channel).
+    :param max_val: largest observed value, the shape of ``min_val``.
+    :param qmin: lowest integer level, ``<= 0`` (e.g. from :func:`integer_range`).
+    :param qmax: highest integer level, ``> 0``.
+    :param symmetric: ``z = 0`` (symmetric) or a fitted ``z`` (asymmetric).
+    :param eps: smallest step, at least float32's smallest normal number.
+    :return: ``(scale, zero_point)``, float32 and int32 tensors of ``min_val``'s shape and device.
+    :raises InvalidArgumentError: for bad shapes, dtypes, ``eps`` or range, non-finite values, or
+        ``min_val > max_val`` anywhere.
+    """
+    _check_range(qmin, qmax)
+    if not torch.finfo(torch.float32).tiny <= eps < math.inf:
+        raise InvalidArgumentError(f"eps must be a finite float32-normal number > 0, got {eps!r}")
+    if min_val.shape != max_val.shape or min_val.dim() > 1:
+        shapes = f"{tuple(min_val.shape)}, {tuple(max_val.shape)}"
+        raise InvalidArgumentError(f"min_val, max_val must share a shape () or (C,), got {shapes}")
+    if not (min_val.is_floating_point() and max_val.is_floating_point()):
+        raise InvalidArgumentError(f"min_val, max_val must be floating, got {min_val.dtype}, {max_val.dtype}")
+    lo, hi = min_val.detach().double(), max_val.detach().double()
+    if not bool((torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi)).all()):
+        raise InvalidArgumentError(f"need finite min_val <= max_val elementwise, got {min_val} and {max_val}")
+    if symmetric:
+        levels = qmax if qmin == 0 else min(qmax, -qmin)
+        scale = (torch.maximum(lo.abs(), hi.abs()) / levels).clamp_min(eps).float()
+        return scale, torch.zeros_like(lo, dtype=torch.int32)
+    lo, hi = lo.clamp_max(0.0), hi.clamp_min(0.0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(eps).float()
+    zero_point = torch.round(qmin - lo / scale.double()).clamp(qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_qparams(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: int | None,
+    qrange: tuple[int, int] | None,
+) -> list[int]:
+    """Check shapes (module table), dtypes and values; return ``scale``'s broadcast shape against ``x``.
+
+    One device synchronisation. ``qrange=None`` skips the zero-point checks (dequantize, learnable).
+
+    :return: ``[]`` per-tensor; per-channel ``[1] * x.dim()`` with ``x.shape[axis]`` at ``axis``.
+    """
+    if scale.shape != zero_point.shape:
+        raise InvalidArgumentError(
+            f"scale, zero_point shapes differ: {tuple(scale.shape)}, {tuple(zero_point.shape)}"
+        )
+    shape: list[int] = []
+    if axis is None and (scale.dim() > 1 or scale.numel() != 1):
+        raise InvalidArgumentError(f"axis=None needs scale of shape () or (1,), got {tuple(scale.shape)}")
+    if axis is not None:
+        ndim = x.dim()
+        if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+            raise InvalidArgumentError(f"axis must be None or an int in [{-ndim}, {ndim - 1}], got {axis!r}")
+        channels = x.shape[axis]
+        if scale.shape != (channels,):
+            raise InvalidArgumentError(
+                f"per-channel scale for axis {axis} of x of shape {tuple(x.shape)} must have shape "
+                f"({channels},), got {tuple(scale.shape)}"
+            )
+        shape = [channels if d == axis % ndim else 1 for d in range(ndim)]
+    if not scale.is_floating_point():
+        raise InvalidArgumentError(f"scale must be a floating-point tensor, got dtype {scale.dtype}")
+    if qrange is not None and not _is_integer(zero_point):
+        raise InvalidArgumentError(f"zero_point must be an integer tensor, got dtype {zero_point.dtype}")
+    scale32 = scale.detach().float()
+    ok = (torch.isfinite(scale32) & (scale32 > 0)).all()
+    if qrange is not None:
+        ok = ok & ((zero_point >= qrange[0]) & (zero_point <= qrange[1])).all()
+    if not bool(ok):
+        allowed = "" if qrange is None else f" and zero_point in [{qrange[0]}, {qrange[1]}]"
+        raise InvalidArgumentError(f"scale must be finite and > 0{allowed}, got {scale} and {zero_point}")
+    return shape
+
+
+def _check_input(x: torch.Tensor, qmin: int, qmax: int) -> None:
+    if not x.is_floating_point():
+        raise InvalidArgumentError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    _check_range(qmin, qmax)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 inputs, else float32: the precision of the fused kernels' ``x * (1/s)``."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """Integer levels :math:`q = \\operatorname{clamp}(\\lfloor x \\cdot (1/s) \\rceil + z, q_{min}, q_{max})`.
+
+    >>> quantize(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor(0.5), torch.tensor(1), 0, 15)
+    tensor([ 0,  2, 15], dtype=torch.int32)
+
+    :param x: floating-point tensor of any shape.
+    :param scale: step ``s``, float, shape as in the module table.
+    :param zero_point: integer ``z`` in ``[qmin, qmax]``, shape of ``scale``.
+    :param qmin: lowest level, ``<= 0``.
+    :param qmax: highest level, ``> 0``.
+    :param axis: ``None`` per-tensor, else the channel axis of ``x``.
+    :return: an int32 tensor of ``x``'s shape (NaN inputs give unspecified values), no gradient.
+    :raises InvalidArgumentError: for bad dtypes, shapes, ``axis``, range, ``scale <= 0`` or
+        ``zero_point`` outside the range.
+    """
+    _check_input(x, qmin, qmax)
+    shape = _check_qparams(x, scale, zero_point, axis, (qmin, qmax))
+    inv_scale = torch.reciprocal(scale.detach().float()).reshape(shape)
+    levels = torch.round(x.detach().to(_compute_dtype(x)) * inv_scale) + zero_point.reshape(shape)
+    return levels.clamp(qmin, qmax).to(torch.int32)
+
+
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None = None
+) -> torch.Tensor:
+    """Real values :math:`\\hat{x} = (q - z) \\cdot s`, computed in float32.
+
+    >>> dequantize(torch.tensor([0, 2, 15], dtype=torch.int32), torch.tensor(0.5), torch.tensor(1))
+    tensor([-0.5000,  0.5000,  7.0000])
+
+    :param q: integer tensor of any shape, e.g. from :func:`quantize`.
+    :param scale: step ``s``, float, shape as in the module table.
+    :param zero_point: integer ``z``, shape of ``scale``.
+    :param axis: ``None`` per-tensor, else the channel axis of ``q``.
+    :return: a float32 tensor of ``q``'s shape; gradients flow to ``scale`` (not through ``q``).
+    :raises InvalidArgumentError: for non-integer ``q``/``zero_point``, bad shapes or ``scale <= 0``.
+    """
+    if not (_is_integer(q) and _is_integer(zero_point)):
+        raise InvalidArgumentError(
+            f"q, zero_point must be integer tensors, got {q.dtype}, {zero_point.dtype}"
+        )
+    shape = _check_qparams(q, scale, zero_point, axis, None)
+    centred = q.to(torch.int64) - zero_point.to(torch.int64).reshape(shape)
+    return centred.to(torch.float32) * scale.float().reshape(shape)
+
+
+def _fused_fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
+) -> torch.Tensor:
+    """PyTorch's fused quantize-dequantize with clipped STE; arguments already checked.
+
+    The per-channel kernel rounds the exact ``(q - z) * s`` once to ``x``'s dtype; the per-tensor
+    one rounds it to float32 first, the same result for float32 ``x`` only. Other dtypes therefore
+    take the per-channel kernel per-tensor too, as one channel of an unsqueezed ``x``.
+    """
+    scale32, zp32 = scale.detach().float().reshape(-1), zero_point.detach().to(torch.int32).reshape(-1)
+    if axis is not None:
+        return torch.fake_quantize_per_channel_affine(x, scale32, zp32, axis % x.dim(), qmin, qmax)
+    if x.dtype == torch.float32:
+        return torch.fake_quantize_per_tensor_affine(x, scale32[0], zp32[0], qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x.unsqueeze(0), scale32, zp32, 0, qmin, qmax).squeeze(0)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """Quantize-dequantize :math:`\\hat{x} = (q - z) \\cdot s` in ``x``'s dtype, with a clipped STE.
+
+    Forward: :math:`(q - z) \\cdot s` rounded once to ``x``'s dtype, so bit for bit
+    ``dequantize(quantize(x))`` for float32 ``x``. Backward: the clipped
+    straight-through estimator, :math:`\\partial \\hat{x} / \\partial x = 1` where
+    :math:`q_{min} \\le \\lfloor x/s \\rceil + z \\le q_{max}`, else 0; no gradient to ``scale``
+    or ``zero_point`` (see :func:`fake_quantize_learnable`). Runs PyTorch's fused
+    ``torch.fake_quantize_per_tensor_affine`` / ``torch.fake_quantize_per_channel_affine``.
+
+    >>> fake_quantize(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor(0.5), torch.tensor(1), 0, 15)
+    tensor([-0.5000,  0.5000,  7.0000])
+
+    :param x: floating-point tensor of any shape (float32, float64, float16, bfloat16).
+    :param scale: step ``s``, float, shape as in the module table, on ``x``'s device.
+    :param zero_point: integer ``z`` in ``[qmin, qmax]``, shape of ``scale``.
+    :param qmin: lowest level, ``<= 0``.
+    :param qmax: highest level, ``> 0``.
+    :param axis: ``None`` per-tensor, else the channel axis of ``x``.
+    :return: a tensor of ``x``'s shape and dtype.
+    :raises InvalidArgumentError: as :func:`quantize`.
+    """
+    _check_input(x, qmin, qmax)
+    _check_qparams(x, scale, zero_point, axis, (qmin, qmax))
+    return _fused_fake_quantize(x, scale, zero_point, qmin, qmax, axis)
+
+
+class _LearnableFakeQuantize(torch.autograd.Function):
+    """LSQ / LSQ+ gradients around the fused forward; formulas at :func:`fake_quantize_learnable`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        qmin: int,
+        qmax: int,
+        axis: int | None,
+        grad_factor: float,
+        shape: list[int],
+    ) -> torch.Tensor:
+        zp_used = torch.round(zero_point.detach().float()).clamp(qmin, qmax)
+        ctx.save_for_backward(x, scale, zp_used)
+        ctx.qrange, ctx.grad_factor, ctx.shape = (qmin, qmax), grad_factor, shape
+        ctx.zp_dtype = zero_point.dtype
+        # Dimensions that one scale entry covers: all per-tensor, all but ``axis`` per-channel.
+        ctx.dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        return _fused_fake_quantize(x, scale, zp_used, qmin, qmax, axis)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, scale, zp_used = ctx.saved_tensors
+        (qmin, qmax), shape, dims = ctx.qrange, ctx.shape, ctx.dims
+        dtype = _compute_dtype(x)
+        z = zp_used.reshape(shape).to(dtype)
+        t = x.detach().to(dtype) * torch.reciprocal(scale.detach().float()).reshape(shape)  # as the kernel
+        r = torch.round(t)
+        below, above = r + z < qmin, r + z > qmax
+        inside = ~(below | above)
+        g = grad.to(dtype)
+        dx = grad * inside if ctx.needs_input_grad[0] else None
+        dscale = dzero = None
+        if ctx.needs_input_grad[1]:
+            d_elem = torch.where(inside, r - t, torch.where(below, qmin - z, qmax - z))
+            dscale = _sum_to(g * d_elem, dims, scale.shape) * ctx.grad_factor
+            dscale = dscale.to(scale.dtype)
+        if ctx.needs_input_grad[2]:
+            outside = _sum_to(g * ~inside, dims, scale.shape)
+            dzero = (-ctx.grad_factor * scale.detach().to(dtype) * outside).to(ctx.zp_dtype)
+        return dx, dscale, dzero, None, None, None, None, None
+
+
+def _sum_to(t: torch.Tensor, dims: list[int], shape: torch.Size) -> torch.Tensor:
+    """Sum ``t`` over ``dims`` (none: no sum, unlike ``Tensor.sum([])``) and reshape to ``shape``."""
+    return (t.sum(dims) if dims else t).reshape(shape)
+
+
+def fake_quantize_learnable(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """:func:`fake_quantize` whose step (and float zero point) learn: LSQ (Esser et al., 2020), LSQ+.
+
+    The forward is :func:`fake_quantize` with :math:`z = \\operatorname{clamp}(\\lfloor z_f \\rceil,
+    q_{min}, q_{max})` for a float ``zero_point`` :math:`z_f` (an integer one is used as is). With
+    :math:`q = \\lfloor x/s \\rceil + z` before clamping and ``g = grad_factor``, the gradients of
+    :math:`\\hat{x}` (rounding and the rounding/clamping of :math:`z_f` pass straight through):
+
+    .. math::
+
+        \\frac{\\partial \\hat{x}}{\\partial x} = [q_{min} \\le q \\le q_{max}], \\quad
+        \\frac{\\partial \\hat{x}}{\\partial s} = g \\cdot \\begin{cases}
+            q_{min} - z & q < q_{min} \\\\
+            \\lfloor x/s \\rceil - x/s & q_{min} \\le q \\le q_{max} \\\\
+            q_{max} - z & q > q_{max} \\end{cases}, \\quad
+        \\frac{\\partial \\hat{x}}{\\partial z_f} = g \\cdot \\begin{cases}
+            0 & q_{min} \\le q \\le q_{max} \\\\ -s & \\text{else} \\end{cases}
+
+    summed over the elements each ``scale`` entry covers. LSQ suggests
+    :math:`g = 1 / \\sqrt{N \\cdot q_{max}}` with ``N`` the elements per step (:func:`lsq_grad_factor`).
+    These are the formulas of ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``,
+    which are not used: the per-tensor backward rounds the zero point differently from its
+    forward (``int(z + 0.5)`` against ``nearbyint(z)``: a wrong mask and gradients for every
+    negative or half-integer zero point), the per-channel backward rounds ``z + x/s`` instead of
+    the forward's ``z + round(x/s)`` (differs next to midpoints), and both backwards need float32
+    or bfloat16 inputs. The forward here is the fused kernel and the backward recomputes the
+    forward's ``q`` exactly.
+
+    :param x: floating-point tensor of any shape.
+    :param scale: step ``s`` (a parameter), float, shape as in the module table.
+    :param zero_point: float :math:`z_f` (learned; any value, clamped as above) or an integer ``z``
+        in ``[qmin, qmax]`` (fixed, no gradient); shape of ``scale``.
+    :param qmin: lowest level, ``<= 0``.
+    :param qmax: highest level, ``> 0``.
+    :param axis: ``None`` per-tensor, else the channel axis of ``x``.
+    :param grad_factor: ``g`` above, a finite float ``> 0``.
+    :return: a tensor of ``x``'s shape and dtype.
+    :raises InvalidArgumentError: as :func:`quantize`, or for a bad ``grad_factor``.
+    """
+    _check_input(x, qmin, qmax)
+    if not 0.0 < grad_factor < math.inf:
+        raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
+    qrange = None if zero_point.is_floating_point() else (qmin, qmax)
+    shape = _check_qparams(x, scale, zero_point, axis, qrange)
+    return _LearnableFakeQuantize.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)  # type: ignore[no-any-return]
+
+
+def lsq_grad_factor(numel: int, qmax: int) -> float:
+    """LSQ's step-gradient scale :math:`1 / \\sqrt{N \\cdot q_{max}}` (Esser et al., 2020, sec. 2.2).
+
+    >>> lsq_grad_factor(64, 4)
+    0.0625
+
+    :param numel: elements per step ``N``: ``x.numel()`` per-tensor, ``x.numel() / C`` per-channel.
+    :param qmax: highest level, ``> 0``.
+    :return: the factor, for ``grad_factor`` of :func:`fake_quantize_learnable`.
+    :raises InvalidArgumentError: unless ``numel`` and ``qmax`` are positive ints.
+    """
+    for name, value in (("numel", numel), ("qmax", qmax)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidArgumentError(f"{name} must be an int > 0, got {value!r}")
+    return 1.0 / math.sqrt(numel * qmax)
+
+
+__all__ = [
+    "dequantize",
+    "fake_quantize",
+    "fake_quantize_learnable",
+    "integer_range",
+    "lsq_grad_factor",
+    "quantize",
+    "scale_zero_point",
+]
