@@ -150,8 +150,8 @@ def test_missing_algorithm_key() -> None:
 @pytest.mark.parametrize(
     ("sections", "path"),
     [
-        ({"algorithm": "quantization"}, "compression.algorithm"),
-        ([{"algorithm": "magnitude_sparsity"}, {"algorithm": "quantization"}], "compression[1].algorithm"),
+        ({"algorithm": "rb_sparsity"}, "compression.algorithm"),
+        ([{"algorithm": "magnitude_sparsity"}, {"algorithm": "rb_sparsity"}], "compression[1].algorithm"),
     ],
 )
 def test_known_but_unbuilt_algorithm_is_unsupported(sections: Any, path: str) -> None:
@@ -159,15 +159,15 @@ def test_known_but_unbuilt_algorithm_is_unsupported(sections: Any, path: str) ->
     assert isinstance(error, UnsupportedAlgorithmError)
     assert isinstance(error, NotImplementedError)
     assert str(error) == (
-        f"{path}: 'quantization' is not supported by nncompress yet; "
-        "supported: const_sparsity, magnitude_sparsity"
+        f"{path}: 'rb_sparsity' is not supported by nncompress yet; "
+        "supported: const_sparsity, magnitude_sparsity, quantization"
     )
 
 
 def test_schema_errors_come_before_unsupported() -> None:
-    error = _error(_config({"algorithm": "quantization", "weights": {"mode": "symetric"}}))
+    error = _error(_config({"algorithm": "rb_sparsity", "params": {"schedule": "polynomal"}}))
     assert type(error) is ConfigError
-    assert "did you mean 'symmetric'?" in str(error)
+    assert "did you mean 'polynomial'?" in str(error)
 
 
 def test_bootstrap_nas_is_unsupported() -> None:

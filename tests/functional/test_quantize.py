@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nncompress.errors import InvalidArgumentError
-from nncompress.functional import quantize as quantize_module
 from nncompress.functional.quantize import (
     dequantize,
     fake_quantize,
@@ -21,6 +21,9 @@ from nncompress.functional.quantize import (
     quantize,
     scale_zero_point,
 )
+
+# By name: a package-level re-export of the function ``quantize`` would shadow the attribute.
+quantize_module = importlib.import_module("nncompress.functional.quantize")
 
 RANGES = [
     (bits, signed, narrow) for bits in range(2, 9) for signed in (True, False) for narrow in (False, True)

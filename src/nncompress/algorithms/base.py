@@ -228,6 +228,9 @@ class BaseController(CompressionAlgorithmController[nn.Module]):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def prepare_export_copy(self, model: nn.Module) -> None:
+        """Last changes to a stripped copy before ONNX export (e.g. BatchNorm folding); none by default."""
+
     def get_compression_state(self) -> dict[str, Any]:
         """:return: ``{"builder_state": ..., "ctrl_state": ...}`` for ``create_compressed_model``."""
         return {"builder_state": {self.name: self._builder_state}, "ctrl_state": self.get_state()}
@@ -264,5 +267,7 @@ def export_compressed(
     opset = opset_from_format(save_format)
     ctrl.prepare_for_export()
     stripped = ctrl.strip(do_copy=True, strip_format=getattr(ctrl, "export_strip_format", StripFormat.IN_PLACE))
+    for child in getattr(ctrl, "child_ctrls", [ctrl]):
+        child.prepare_export_copy(stripped)
     inputs = parse_model_args(model_args) or ctrl._context.example_inputs  # type: ignore[attr-defined]
     export_onnx(stripped, inputs, save_path, opset, input_names, output_names)

@@ -30,11 +30,11 @@ from nncompress.config.validation import validate_config
 from nncompress.errors import ConfigError, InvalidArgumentError, UnsupportedAlgorithmError
 
 PLANNED_ALGORITHMS: frozenset[str] = frozenset(
-    {"quantization", "rb_sparsity", "filter_pruning", "knowledge_distillation"}
+    {"rb_sparsity", "filter_pruning", "knowledge_distillation"}
 )
 """NNCF 2.x algorithms nncompress means to build; the others get "not planned" in their error."""
 
-BUILT_ALGORITHMS: frozenset[str] = frozenset({"magnitude_sparsity", "const_sparsity"})
+BUILT_ALGORITHMS: frozenset[str] = frozenset({"magnitude_sparsity", "const_sparsity", "quantization"})
 """NNCF 2.x algorithm names nncompress implements; other known names raise
 :class:`~nncompress.errors.UnsupportedAlgorithmError`."""
 

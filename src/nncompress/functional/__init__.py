@@ -2,6 +2,8 @@
 
 - :mod:`nncompress.functional.sparsity`: magnitude importance, thresholds, masks, sparsity rate.
 - :mod:`nncompress.functional.schedules`: NNCF 2.x sparsity-level schedules and their defaults.
+- :mod:`nncompress.functional.quantize`: integer ranges, scale/zero point, (fake) quantization, LSQ.
+  Not re-exported here: its function ``quantize`` would shadow the submodule of that name.
 """
 
 from nncompress.functional.schedules import (

@@ -40,6 +40,7 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from nncompress.errors import InvalidArgumentError
 
@@ -84,13 +85,8 @@ def _check_range(qmin: int, qmax: int) -> None:
 
 
 def scale_zero_point(
-    min_val: torch.Tensor,
-    max_val: torch.Tensor,
-    qmin: int,
-    qmax: int,
-    symmetric: bool,
-    eps: float = 1e-8,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    min_val: Tensor, max_val: Tensor, qmin: int, qmax: int, symmetric: bool, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
     """Step and zero point that cover ``[min_val, max_val]`` with zero exactly on the grid.
 
     Computed in float64; the step is then rounded once to float32.
@@ -141,16 +137,12 @@ def scale_zero_point(
     return scale, zero_point
 
 
-def _is_integer(t: torch.Tensor) -> bool:
+def _is_integer(t: Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def _check_qparams(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    axis: int | None,
-    qrange: tuple[int, int] | None,
+    x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, qrange: tuple[int, int] | None
 ) -> list[int]:
     """Check shapes (module table), dtypes and values; return ``scale``'s broadcast shape against ``x``.
 
@@ -190,26 +182,23 @@ def _check_qparams(
     return shape
 
 
-def _check_input(x: torch.Tensor, qmin: int, qmax: int) -> None:
+def _check_input(x: Tensor, qmin: int, qmax: int) -> None:
     if not x.is_floating_point():
         raise InvalidArgumentError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     _check_range(qmin, qmax)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def _compute_dtype(x: Tensor) -> torch.dtype:
     """float64 for float64 inputs, else float32: the precision of the fused kernels' ``x * (1/s)``."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def quantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
-) -> torch.Tensor:
-    """Integer levels :math:`q = \\operatorname{clamp}(\\lfloor x \\cdot (1/s) \\rceil + z, q_{min}, q_{max})`.
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """Integer levels :math:`q = \\operatorname{clamp}(\\lfloor x/s \\rceil + z, q_{min}, q_{max})`.
+
+    ``x/s`` is computed as ``x * (1/s)`` as in the module docstring.
 
     >>> quantize(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor(0.5), torch.tensor(1), 0, 15)
     tensor([ 0,  2, 15], dtype=torch.int32)
@@ -231,9 +220,7 @@ def quantize(
     return levels.clamp(qmin, qmax).to(torch.int32)
 
 
-def dequantize(
-    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None = None
-) -> torch.Tensor:
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None) -> Tensor:
     """Real values :math:`\\hat{x} = (q - z) \\cdot s`, computed in float32.
 
     >>> dequantize(torch.tensor([0, 2, 15], dtype=torch.int32), torch.tensor(0.5), torch.tensor(1))
@@ -256,8 +243,8 @@ def dequantize(
 
 
 def _fused_fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
-) -> torch.Tensor:
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None
+) -> Tensor:
     """PyTorch's fused quantize-dequantize with clipped STE; arguments already checked.
 
     The per-channel kernel rounds the exact ``(q - z) * s`` once to ``x``'s dtype; the per-tensor
@@ -273,13 +260,8 @@ def _fused_fake_quantize(
 
 
 def fake_quantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
-) -> torch.Tensor:
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
     """Quantize-dequantize :math:`\\hat{x} = (q - z) \\cdot s` in ``x``'s dtype, with a clipped STE.
 
     Forward: :math:`(q - z) \\cdot s` rounded once to ``x``'s dtype, so bit for bit
@@ -312,15 +294,15 @@ class _LearnableFakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        x: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor,
+        x: Tensor,
+        scale: Tensor,
+        zero_point: Tensor,
         qmin: int,
         qmax: int,
         axis: int | None,
         grad_factor: float,
         shape: list[int],
-    ) -> torch.Tensor:
+    ) -> Tensor:
         zp_used = torch.round(zero_point.detach().float()).clamp(qmin, qmax)
         ctx.save_for_backward(x, scale, zp_used)
         ctx.qrange, ctx.grad_factor, ctx.shape = (qmin, qmax), grad_factor, shape
@@ -331,7 +313,7 @@ class _LearnableFakeQuantize(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, scale, zp_used = ctx.saved_tensors
         (qmin, qmax), shape, dims = ctx.qrange, ctx.shape, ctx.dims
         dtype = _compute_dtype(x)
@@ -353,20 +335,20 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         return dx, dscale, dzero, None, None, None, None, None
 
 
-def _sum_to(t: torch.Tensor, dims: list[int], shape: torch.Size) -> torch.Tensor:
+def _sum_to(t: Tensor, dims: list[int], shape: torch.Size) -> Tensor:
     """Sum ``t`` over ``dims`` (none: no sum, unlike ``Tensor.sum([])``) and reshape to ``shape``."""
     return (t.sum(dims) if dims else t).reshape(shape)
 
 
 def fake_quantize_learnable(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
     qmin: int,
     qmax: int,
     axis: int | None = None,
     grad_factor: float = 1.0,
-) -> torch.Tensor:
+) -> Tensor:
     """:func:`fake_quantize` whose step (and float zero point) learn: LSQ (Esser et al., 2020), LSQ+.
 
     The forward is :func:`fake_quantize` with :math:`z = \\operatorname{clamp}(\\lfloor z_f \\rceil,
@@ -388,11 +370,11 @@ def fake_quantize_learnable(
     :math:`g = 1 / \\sqrt{N \\cdot q_{max}}` with ``N`` the elements per step (:func:`lsq_grad_factor`).
     These are the formulas of ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``,
     which are not used: the per-tensor backward rounds the zero point differently from its
-    forward (``int(z + 0.5)`` against ``nearbyint(z)``: a wrong mask and gradients for every
-    negative or half-integer zero point), the per-channel backward rounds ``z + x/s`` instead of
-    the forward's ``z + round(x/s)`` (differs next to midpoints), and both backwards need float32
-    or bfloat16 inputs. The forward here is the fused kernel and the backward recomputes the
-    forward's ``q`` exactly.
+    forward (``int(z + 0.5)``, truncating, against ``nearbyint(z)``: a wrong mask and gradients
+    for every negative zero point and for ones like 2.5), the per-channel backward rounds
+    ``z + x/s`` where the forward rounds ``x/s`` (differs next to midpoints), and both backwards
+    need float32 or bfloat16 inputs (PyTorch 2.13). Here the forward is the fused kernel and the
+    backward recomputes the forward's ``q`` exactly.
 
     :param x: floating-point tensor of any shape.
     :param scale: step ``s`` (a parameter), float, shape as in the module table.
@@ -410,7 +392,8 @@ def fake_quantize_learnable(
         raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
     qrange = None if zero_point.is_floating_point() else (qmin, qmax)
     shape = _check_qparams(x, scale, zero_point, axis, qrange)
-    return _LearnableFakeQuantize.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)  # type: ignore[no-any-return]
+    out: Tensor = _LearnableFakeQuantize.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
+    return out
 
 
 def lsq_grad_factor(numel: int, qmax: int) -> float:

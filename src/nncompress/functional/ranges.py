@@ -122,7 +122,9 @@ def _to_rows(x: torch.Tensor, reduction_axes: Sequence[int] | None) -> tuple[tor
 def _lerp(lo: torch.Tensor, hi: torch.Tensor, frac: torch.Tensor | float) -> torch.Tensor:
     """numpy's ``_lerp``: ``lo + (hi - lo) * f``, from the upper end when ``f >= 0.5``."""
     diff = hi - lo
-    return torch.where(torch.as_tensor(frac >= 0.5), hi - diff * (1 - frac), lo + diff * frac)
+    if isinstance(frac, float):
+        return hi - diff * (1 - frac) if frac >= 0.5 else lo + diff * frac
+    return torch.where(frac >= 0.5, hi - diff * (1 - frac), lo + diff * frac)
 
 
 def _quantiles(rows: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:

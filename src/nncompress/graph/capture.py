@@ -106,6 +106,16 @@ class CapturedGraph:
                     out.setdefault(producer, []).append((node.name, port))
         return out
 
+    def owner_only_weights(self) -> set[str]:
+        """Parameters (qualified names) read only by ops of the module that owns them."""
+        readers: dict[str, set[str]] = {}
+        owners: dict[str, str] = {}
+        for node in self.nodes.values():
+            for read in node.weights:
+                readers.setdefault(read.qualified_name, set()).add(node.module)
+                owners[read.qualified_name] = read.module
+        return {name for name, modules in readers.items() if modules == {owners[name]}}
+
     def weighted_nodes(self) -> list[OpNode]:
         """Ops that read at least one parameter, in execution order."""
         return [n for n in self.nodes.values() if n.weights]

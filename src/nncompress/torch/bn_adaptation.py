@@ -18,18 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from tqdm.auto import tqdm
 
 from nncompress.errors import InitDataError
-from nncompress.torch.inputs import split_batch
+from nncompress.torch.calibration import forward_batches
 
 DEFAULT_BN_ADAPTATION_SAMPLES = 2000
 """NNCF 2.x's default ``num_bn_adaptation_samples``."""
-
-
-def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
-    return int(first.shape[0]) if first is not None else 1
 
 
 def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_samples: int, progress: bool = True) -> int:
@@ -54,29 +48,13 @@ def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_sampl
     saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())  # type: ignore[union-attr]
              for m in bns}
     modes = {m: m.training for m in model.modules()}
-    seen = 0
     try:
         model.eval()
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over all adaptation batches
             m.train()
-        bar = tqdm(total=num_samples, desc="BatchNorm adaptation", unit="sample", disable=not progress, leave=False)
-        with torch.no_grad():
-            for i, batch in enumerate(init_data):
-                args, kwargs = split_batch(batch)
-                try:
-                    model(*args, **kwargs)
-                except Exception as exc:
-                    raise InitDataError(f"init_data batch {i} does not fit the model: {type(exc).__name__}: {exc}") from exc
-                n = _batch_size(args, kwargs)
-                seen += n
-                bar.update(n)
-                if seen >= num_samples:
-                    break
-        bar.close()
-        if seen == 0:
-            raise InitDataError("init_data is empty: batchnorm_adaptation got no batch")
+        seen = forward_batches(model, init_data, num_samples, "BatchNorm adaptation", progress)
     except BaseException:
         for m in bns:
             momentum, mean, var, count = saved[id(m)]

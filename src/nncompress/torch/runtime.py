@@ -347,9 +347,9 @@ def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] 
     """Bake or convert every inserted module, then remove what is no longer needed.
 
     Weight-point modules that define ``bake_(weight, strip_format) -> bool`` write their effect
-    into the parameter and are removed when they return ``True``. Operation-point modules that
-    define ``strip_to(strip_format) -> nn.Module | None`` are replaced by what it returns
-    (``None`` removes them). When nothing remains, the runtime and its hooks are removed, and the
+    into the parameter and are removed when they return ``True``. Modules (at any point) that
+    define ``strip_to(strip_format) -> nn.Module | None`` and are still there are replaced by
+    what it returns (``None`` removes them). When nothing remains, the runtime and its hooks are removed, and the
     model has exactly its original class and ``state_dict`` keys.
 
     :param model: the compressed model (changed in place).
@@ -369,9 +369,18 @@ def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] 
             param = model.get_parameter(name)
             kept = []
             for e in entries:
-                bake = getattr(rt.module_at(e), "bake_", None)
-                if not (mine(e) and bake is not None and bake(param, strip_format)):
-                    kept.append(e)
+                module = rt.module_at(e)
+                if mine(e):
+                    bake = getattr(module, "bake_", None)
+                    if bake is not None and bake(param, strip_format):
+                        continue  # absorbed into the weight
+                    to = getattr(module, "strip_to", None)
+                    if to is not None:
+                        new = to(strip_format)
+                        if new is None:
+                            continue
+                        rt.group(e[1])[e[2]] = new
+                kept.append(e)
             _keep_entries(rt, rt.weight_points, name, kept)
     op_tables: list[dict[Any, list[Entry]]] = [rt.post_points, *rt.pre_points.values()]
     for table in op_tables:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nncompress.config import AlgorithmSection
-from nncompress.errors import ConfigError
+from nncompress.errors import ConfigError, UnsupportedAlgorithmError
 from nncompress.graph.scopes import scope_matches
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -117,6 +117,14 @@ class QuantizationParams:
             for scope, o in overrides.get(group, {}).items():
                 _check_bits(f"{section.json_path}.scope_overrides.{group}[{scope!r}].bits", o.get("bits"))
         init = s.get("initializer", {})
+        if "precision" in init:
+            kind = init["precision"].get("type", "manual")
+            raise UnsupportedAlgorithmError(
+                f"{section.json_path}.initializer.precision",
+                f"{kind!r} mixed-precision initialization is not supported by nncompress; remove "
+                "initializer.precision and set per-layer bits with scope_overrides",
+                kind,
+            )
         ranges = init.get("range", {})
         range_list = ranges if isinstance(ranges, list) else [ranges]
         range_inits = [

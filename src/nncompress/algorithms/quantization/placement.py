@@ -100,11 +100,11 @@ def place_quantizers(
     if params.quantize_outputs:
         taken = {p.point.target for p in placements if p.point.target_type is TargetType.OPERATION_OUTPUT}
         for producer in graph.outputs:
-            node = graph.nodes.get(producer)
-            if node is None or producer in taken or not node.output_dtypes[0].is_floating_point:
+            out_node = graph.nodes.get(producer)
+            if out_node is None or producer in taken or not out_node.output_dtypes[0].is_floating_point:
                 continue
             qp = params.for_point(producer, "activations")
-            report.rows.append(ReportRow(producer, node.op, "model output", (), True, "quantize_outputs",
+            report.rows.append(ReportRow(producer, out_node.op, "model output", (), True, "quantize_outputs",
                                          section.algorithm))
             placements.append(QuantizerPlacement(TargetPoint(TargetType.OPERATION_OUTPUT, producer),
                                                  "activations", qp, None, 1, ()))

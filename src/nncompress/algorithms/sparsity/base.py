@@ -131,10 +131,7 @@ def mask_layout(
     :param group: the algorithm name.
     :return: the layout and one :class:`SparsifiedWeight` per op.
     """
-    readers: dict[str, set[str]] = {}
-    for n in graph:
-        for read in n.weights:
-            readers.setdefault(read.qualified_name, set()).add(n.module)
+    owner_only = graph.owner_only_weights()
     layout = TransformationLayout()
     records = []
     for node in nodes:
@@ -143,8 +140,9 @@ def mask_layout(
         param = model.get_parameter(w.qualified_name)
         mask = SparsityMask(param.detach())
         point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
-        owner_only = readers.get(w.qualified_name) == {w.module}
-        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, owner_only))
+        layout.register(
+            InsertionCommand(point, mask, group, Priority.SPARSIFICATION, w.qualified_name in owner_only)
+        )
         records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
     return layout, records
 

@@ -1,0 +1,170 @@
+"""Quantization-aware training: builder and controller of ``"algorithm": "quantization"``.
+
+Config (NNCF 2.x)::
+
+    {"algorithm": "quantization",
+     "preset": "performance",
+     "weights": {"bits": 8, "per_channel": true},
+     "activations": {"bits": 8, "mode": "symmetric"},
+     "initializer": {"range": {"num_init_samples": 256, "type": "mean_min_max"},
+                     "batchnorm_adaptation": {"num_bn_adaptation_samples": 256}},
+     "params": {"weights_quant_start_epoch": 0, "activations_quant_start_epoch": 1}}
+
+Export (``ctrl.export_model``) strips a copy to PyTorch-native fake quantization with the
+weights on their grid, folds every BatchNorm into the conv before it (scaling that conv's
+per-channel weight steps), and writes ONNX QuantizeLinear/DequantizeLinear pairs that
+onnxruntime fuses into QLinearConv / QLinearMatMul.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from nncompress.api.compression import CompressionStage, StripFormat
+from nncompress.api.statistics import CompressionStatistics
+from nncompress.config import AlgorithmSection
+from nncompress.errors import InitDataError
+from nncompress.graph.layout import InsertionCommand, Priority, TargetType, TransformationLayout
+from nncompress.torch.bn_folding import fold_batchnorms
+from nncompress.torch.calibration import forward_batches
+from nncompress.torch.runtime import get_runtime
+
+from ..base import BaseBuilder, BaseController
+from .params import QuantizationParams
+from .placement import place_quantizers
+from .quantizers import FakeQuantizer, NativeFakeQuantize
+from .scheduler import DEFAULT_START_EPOCH, StagedQuantizationScheduler
+from .statistics import QuantizationStatistics
+
+
+class QuantizationBuilder(BaseBuilder):
+    """Places fake quantizers on weights and activations and initialises their ranges."""
+
+    algorithm = "quantization"
+    priority = Priority.QUANTIZATION
+
+    def __init__(self, section: AlgorithmSection, context: Any) -> None:
+        super().__init__(section, context)
+        self.params = QuantizationParams.from_section(section)
+        self._quantizers: list[FakeQuantizer] = []
+
+    def _build_layout(self, model: nn.Module) -> TransformationLayout:
+        graph = self._context.graph_for(model)
+        placements, self.report = place_quantizers(graph, self._section, self.params)
+        owner_only = graph.owner_only_weights()
+        layout = TransformationLayout()
+        self._quantizers = []
+        for p in placements:
+            name = p.point.target if p.point.target_type is not TargetType.WEIGHT else p.consumers[0]
+            q = FakeQuantizer(p.params, name, p.group, p.channel_axis, p.num_channels)
+            weight_name = f"{p.point.target}.{p.point.param}".lstrip(".")
+            local = p.point.target_type is TargetType.WEIGHT and weight_name in owner_only
+            layout.register(InsertionCommand(p.point, q, self.algorithm, Priority.QUANTIZATION, local))
+            self._quantizers.append(q)
+        return layout
+
+    def build_controller(self, model: nn.Module) -> QuantizationController:
+        """:return: the controller (staged scheduler when ``params`` sets start epochs)."""
+        return QuantizationController(model, self, self._quantizers, self.params)
+
+    def initialize(self, model: nn.Module) -> None:
+        """Range initialisation from ``init_data``, then BatchNorm adaptation if configured."""
+        self._init_ranges(model)
+        super().initialize(model)
+
+    def _init_ranges(self, model: nn.Module) -> None:
+        pending = []
+        for q in self._quantizers:
+            r = self.params.range_init_for(q.name, q.group)
+            if r is not None and r.num_init_samples > 0:
+                q.start_collecting(r.type_for(q.group), r.min_percentile, r.max_percentile)
+                pending.append((q, r.num_init_samples))
+        if not pending:
+            return
+        data = self._context.init_data
+        needs_data = any(q.group == "activations" for q, _ in pending)
+        if data is None and needs_data:
+            for q, _ in pending:
+                q.finish_collecting()
+            raise InitDataError(
+                f"{self._section.json_path}.initializer.range: activation range initialisation needs "
+                "init_data (pass it to create_compressed_model or register_default_init_args), or set "
+                '"initializer": {"range": {"num_init_samples": 0}} to take ranges from the first batch'
+            )
+        if data is None:  # weights only: one pass on the example input gives their ranges
+            args, kwargs = self._context.example_inputs
+            data = [kwargs] if kwargs and not args else [tuple(args)]
+        was_training = model.training
+        model.eval()
+        try:
+            forward_batches(model, data, max(n for _, n in pending), "Range initialisation")
+        finally:
+            model.train(was_training)
+            for q, _ in pending:
+                q.finish_collecting()
+
+
+class QuantizationController(BaseController):
+    """Handle to the fake quantizers: staged schedule, statistics, export to INT8 ONNX.
+
+    :param model: the compressed model.
+    :param builder: its builder.
+    :param quantizers: every inserted fake quantizer.
+    :param params: the typed config.
+    """
+
+    export_strip_format = StripFormat.NATIVE
+
+    def __init__(
+        self, model: nn.Module, builder: QuantizationBuilder, quantizers: list[FakeQuantizer], params: QuantizationParams
+    ) -> None:
+        super().__init__(model, builder)
+        self.quantizers = quantizers
+        self.params = params
+        staged = "params" in builder.section.section
+        if staged:
+            self._scheduler = StagedQuantizationScheduler(
+                quantizers,
+                params.weights_quant_start_epoch if params.weights_quant_start_epoch is not None else DEFAULT_START_EPOCH,
+                params.activations_quant_start_epoch if params.activations_quant_start_epoch is not None
+                else DEFAULT_START_EPOCH,
+            )
+
+    @property
+    def compression_rate(self) -> float:
+        """Share of the quantizers that are on."""
+        return sum(q.enabled for q in self.quantizers) / len(self.quantizers) if self.quantizers else 0.0
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        """1.0: every quantizer on."""
+        return 1.0
+
+    def compression_stage(self) -> CompressionStage:
+        """UNCOMPRESSED with no quantizer on, FULLY with all on, PARTIALLY in between."""
+        on = sum(q.enabled for q in self.quantizers)
+        if on == 0:
+            return CompressionStage.UNCOMPRESSED
+        return CompressionStage.FULLY_COMPRESSED if on == len(self.quantizers) else CompressionStage.PARTIALLY_COMPRESSED
+
+    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
+        """Quantizer counts and shares, placement and bit widths."""
+        stats = QuantizationStatistics.of(self.quantizers, len(self.capture_report.compressed),
+                                          len(self.capture_report.rows))
+        result = CompressionStatistics()
+        result.register(self.name, stats)
+        return result
+
+    def prepare_export_copy(self, model: nn.Module) -> None:
+        """Fold BatchNorms into convs of the stripped copy and scale their weight quantizers."""
+        pairs = fold_batchnorms(model, self._context.graph_for(self.model))
+        rt = get_runtime(model)
+        if rt is None or self.name not in rt._modules:
+            return
+        group = rt.group(self.name)
+        for pair in pairs:
+            native = group._modules.get("weight:" + f"{pair.conv}.weight".lstrip(".").replace(".", "/"))
+            if isinstance(native, NativeFakeQuantize):
+                native.set_channel_scale(pair.factor)

@@ -1,0 +1,228 @@
+"""The inserted quantizer modules: a learnable fake quantizer and its PyTorch-native strip form.
+
+:class:`FakeQuantizer` trains its step (and zero point, when asymmetric) with the weights, LSQ
+style (:func:`~nncompress.functional.quantize.fake_quantize_learnable`). Its range comes from
+range initialisation (a :class:`~nncompress.functional.ranges.RangeCollector` attached for the
+calibration passes), or, failing that, from the first tensor it sees.
+
+:class:`NativeFakeQuantize` is what ``strip(StripFormat.NATIVE)`` leaves: PyTorch's
+``torch.fake_quantize_per_{tensor,channel}_affine`` with fixed parameters, which the ONNX
+exporter turns into QuantizeLinear/DequantizeLinear. Those ops take 8-bit ranges only, so a
+sub-8-bit or narrow range is expressed exactly as a clamp to the narrower range followed by an
+8-bit quantizer with the same step: every value lands on the same level.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nncompress.api.compression import StripFormat
+from nncompress.errors import InitDataError, InvalidArgumentError
+from nncompress.functional.quantize import (
+    fake_quantize,
+    fake_quantize_learnable,
+    integer_range,
+    lsq_grad_factor,
+    scale_zero_point,
+)
+from nncompress.functional.ranges import RangeCollector, all_reduce_range
+
+from .params import QuantizerParams
+
+_MIN_SCALE = 1e-8
+
+
+class FakeQuantizer(nn.Module):
+    """Learnable fake quantizer of one tensor (a weight or an activation).
+
+    :param params: bits, mode, signedness, granularity, narrow range.
+    :param name: the op or weight it quantizes (for messages and statistics).
+    :param group: ``weights`` or ``activations``.
+    :param channel_axis: per-channel axis, or ``None`` for per-tensor.
+    :param num_channels: size of that axis.
+    """
+
+    def __init__(
+        self, params: QuantizerParams, name: str, group: str, channel_axis: int | None = None, num_channels: int = 1
+    ) -> None:
+        super().__init__()
+        self.bits = params.bits
+        self.symmetric = params.symmetric
+        self.narrow_range = params.narrow_range
+        self.signed_fixed = params.signed is not None
+        self.axis = channel_axis
+        self.name = name
+        self.group = group
+        self.enabled = True
+        shape = (num_channels,) if channel_axis is not None else ()
+        self.scale = nn.Parameter(torch.ones(shape))
+        if self.symmetric:
+            self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+        else:
+            self.zero_point = nn.Parameter(torch.zeros(shape))
+        self.signed: torch.Tensor
+        self.initialized: torch.Tensor
+        self.register_buffer("signed", torch.tensor(True if params.signed is None else params.signed))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._collecting = False
+        self._collector: RangeCollector | None = None
+        self._collector_args: tuple[str, float, float] = ("min_max", 0.0, 100.0)
+        self._reduce_mode = "extremes"
+
+    @property
+    def levels(self) -> tuple[int, int]:
+        """``(qmin, qmax)`` of the integer range."""
+        return integer_range(self.bits, bool(self.signed), self.narrow_range)
+
+    def extra_repr(self) -> str:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        gran = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
+        return f"{self.group}, {self.bits} bit, {kind}, {gran}, enabled={self.enabled}"
+
+    # -- range initialisation ------------------------------------------------------------------
+
+    def start_collecting(self, range_type: str, min_percentile: float, max_percentile: float) -> None:
+        """Collect statistics of the tensors passing through (they pass unchanged) until :meth:`finish_collecting`."""
+        self._collector_args = (range_type, min_percentile, max_percentile)
+        self._collector = None
+        self._reduce_mode = "mean" if range_type.startswith("mean") else "extremes"
+        self._collecting = True
+
+    def finish_collecting(self) -> bool:
+        """Set the range from what was collected (agreed across ranks). :return: whether any data came."""
+        collector = self._collector
+        self._collecting = False
+        self._collector = None
+        if collector is None:
+            return False
+        lo, hi = collector.result()
+        lo, hi = all_reduce_range(lo, hi, mode=self._reduce_mode)
+        self.set_range(lo, hi)
+        return True
+
+    def set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Set step and zero point to cover ``[lo, hi]``; unsigned if ``lo >= 0`` unless forced."""
+        with torch.no_grad():
+            if not self.signed_fixed:
+                self.signed.fill_(bool((lo < 0).any()))
+            qmin, qmax = self.levels
+            scale, zp = scale_zero_point(lo.float(), hi.float(), qmin, qmax, self.symmetric)
+            self.scale.copy_(scale.reshape(self.scale.shape))
+            self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
+            self.initialized.fill_(True)
+
+    def _collect(self, x: torch.Tensor) -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise InitDataError(
+                f"range initialisation: the {self.group} quantized at {self.name} contain NaN or inf; "
+                "check the init_data and the model"
+            )
+        if self._collector is None:
+            range_type, lo_p, hi_p = self._collector_args
+            axes = None
+            if self.axis is not None:
+                axis = self.axis % x.dim()
+                axes = tuple(d for d in range(x.dim()) if d != axis)
+            self._collector = RangeCollector(range_type, axes, min_percentile=lo_p, max_percentile=hi_p)
+        self._collector.update(x.detach())
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` (pass it through while collecting statistics or when disabled)."""
+        if self._collecting:
+            self._collect(x)
+            return x
+        if not self.enabled or not x.is_floating_point():
+            return x
+        if not bool(self.initialized):
+            self._init_from(x)
+        qmin, qmax = self.levels
+        per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
+        scale = self.scale.abs().clamp_min(_MIN_SCALE)
+        return fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis,
+                                       lsq_grad_factor(max(per_step, 1), qmax))
+
+    def _init_from(self, x: torch.Tensor) -> None:
+        """No range initialisation ran: take the range of the first tensor seen."""
+        with torch.no_grad():
+            if self.axis is None:
+                lo, hi = x.min(), x.max()
+            else:
+                moved = x.detach().movedim(self.axis, 0).flatten(1)
+                lo, hi = moved.min(dim=1).values, moved.max(dim=1).values
+        self.set_range(lo, hi)
+
+    # -- strip ---------------------------------------------------------------------------------
+
+    def quantized(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the quantization grid, without gradients to the quantizer (for baking)."""
+        qmin, qmax = self.levels
+        zp = self.zero_point.detach()
+        zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax).to(torch.int32)
+        return fake_quantize(x, self.scale.detach().abs().clamp_min(_MIN_SCALE), zp, qmin, qmax, self.axis)
+
+    def bake_(self, weight: torch.Tensor, strip_format: StripFormat) -> bool:
+        """Put the weight on the grid. IN_PLACE: done, remove me; NATIVE/DQ: keep a native quantizer."""
+        if self.enabled:
+            if not bool(self.initialized):
+                self._init_from(weight.detach())
+            weight.data.copy_(self.quantized(weight.detach()))
+        return strip_format is StripFormat.IN_PLACE or not self.enabled
+
+    def strip_to(self, strip_format: StripFormat) -> nn.Module | None:
+        """The PyTorch-native equivalent (``None`` when disabled: nothing to do)."""
+        if not self.enabled or not bool(self.initialized):
+            return None
+        qmin, qmax = self.levels
+        zp = self.zero_point.detach()
+        zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax)
+        return NativeFakeQuantize(self.scale.detach().abs().clamp_min(_MIN_SCALE), zp.to(torch.int32), qmin, qmax,
+                                  self.axis)
+
+
+class NativeFakeQuantize(nn.Module):
+    """Fixed fake quantization with PyTorch's native ops; exports to ONNX Q/DQ.
+
+    :param scale: step, 0-d or per channel.
+    :param zero_point: int32, same shape.
+    :param qmin: lowest level of the (possibly sub-8-bit) range.
+    :param qmax: highest level.
+    :param axis: channel axis for per-channel, else ``None``.
+    """
+
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> None:
+        super().__init__()
+        if qmax - qmin > 255:
+            raise InvalidArgumentError(f"range [{qmin}, {qmax}] is wider than 8 bits")
+        self.scale: torch.Tensor
+        self.zero_point: torch.Tensor
+        self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("zero_point", zero_point.detach().to(torch.int32).clone())
+        self.qmin, self.qmax, self.axis = qmin, qmax, axis
+        # the 8-bit range QuantizeLinear supports, holding [qmin, qmax]
+        self.q8 = (-128, 127) if qmin < 0 else (0, 255)
+
+    def extra_repr(self) -> str:
+        return f"levels=[{self.qmin}, {self.qmax}], axis={self.axis}"
+
+    def set_channel_scale(self, factor: torch.Tensor) -> None:
+        """Multiply the step per output channel (axis 0), e.g. after folding a BatchNorm."""
+        if self.axis is None:
+            self.scale = self.scale.expand(factor.shape).clone()
+            self.zero_point = self.zero_point.expand(factor.shape).clone()
+            self.axis = 0
+        self.scale = self.scale * factor.abs()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp to the narrow range when it is not a full 8-bit one, then fake-quantize."""
+        if (self.qmin, self.qmax) != self.q8:
+            shape = [1] * x.dim()
+            if self.axis is not None:
+                shape[self.axis] = -1
+            s, z = self.scale.view(shape), self.zero_point.view(shape).float()
+            x = torch.clamp(x, (self.qmin - z) * s, (self.qmax - z) * s)
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *self.q8)
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis, *self.q8)

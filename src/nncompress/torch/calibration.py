@@ -1,0 +1,55 @@
+"""Running calibration batches (``init_data``) through a model, for initialisers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nncompress.errors import InitDataError, NNCompressError
+from nncompress.torch.inputs import split_batch
+
+
+def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Samples in a batch: the first dimension of its first tensor (1 without tensors)."""
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
+
+
+def forward_batches(
+    model: nn.Module, init_data: Iterable[Any], num_samples: int, desc: str, progress: bool = True
+) -> int:
+    """Run whole batches of ``init_data`` through ``model`` under ``no_grad`` until ``num_samples``.
+
+    :param model: the model, in whatever mode the caller set.
+    :param init_data: ``(inputs, target)`` pairs, tensors or dicts of keyword inputs.
+    :param num_samples: samples wanted (at least one batch runs).
+    :param desc: progress bar label.
+    :param progress: show a progress bar.
+    :return: samples run.
+    :raises InitDataError: for empty data or a batch the model cannot take (naming the batch).
+    """
+    seen = 0
+    with tqdm(total=num_samples, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+        with torch.no_grad():
+            for i, batch in enumerate(init_data):
+                args, kwargs = split_batch(batch)
+                try:
+                    model(*args, **kwargs)
+                except NNCompressError:
+                    raise
+                except Exception as exc:
+                    raise InitDataError(
+                        f"init_data batch {i} does not fit the model: {type(exc).__name__}: {exc}"
+                    ) from exc
+                n = batch_size(args, kwargs)
+                seen += n
+                bar.update(n)
+                if seen >= num_samples:
+                    break
+    if seen == 0:
+        raise InitDataError(f"init_data is empty: {desc} got no batch")
+    return seen
