@@ -116,6 +116,13 @@ class QuantizationParams:
             _check_bits(f"{section.json_path}.{group}.bits", cfg.get("bits"))
             for scope, o in overrides.get(group, {}).items():
                 _check_bits(f"{section.json_path}.scope_overrides.{group}[{scope!r}].bits", o.get("bits"))
+        if activations.per_channel:
+            raise ConfigError(
+                f"{section.json_path}.activations.per_channel",
+                "per-channel activation quantizers are not supported (integer kernels take per-tensor "
+                "activations); allowed: false",
+                True,
+            )
         init = s.get("initializer", {})
         if "precision" in init:
             kind = init["precision"].get("type", "manual")

@@ -172,8 +172,12 @@ class FakeQuantizer(nn.Module):
         return strip_format is StripFormat.IN_PLACE or not self.enabled
 
     def strip_to(self, strip_format: StripFormat) -> nn.Module | None:
-        """The PyTorch-native equivalent (``None`` when disabled: nothing to do)."""
-        if not self.enabled or not bool(self.initialized):
+        """The PyTorch-native equivalent; ``None`` (removed) when disabled or for IN_PLACE.
+
+        IN_PLACE leaves a plain float model (the original class and keys): weights are on their
+        grid, activation quantizers are dropped.
+        """
+        if not self.enabled or not bool(self.initialized) or strip_format is StripFormat.IN_PLACE:
             return None
         qmin, qmax = self.levels
         zp = self.zero_point.detach()
