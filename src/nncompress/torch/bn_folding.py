@@ -25,11 +25,15 @@ _FOLDABLE = frozenset({"conv1d", "conv2d", "conv3d"})
 
 @dataclass(frozen=True)
 class FoldedPair:
-    """A conv and the BatchNorm folded into it, with the per-channel factor applied to the weight."""
+    """A conv and the BatchNorm folded into it (module and op names), with the per-channel factor
+    applied to the weight. After folding the BatchNorm op no longer runs: whatever was inserted
+    after it belongs after the conv op."""
 
     conv: str
     batchnorm: str
     factor: torch.Tensor
+    conv_op: str
+    batchnorm_op: str
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -76,5 +80,7 @@ def fold_batchnorms(model: nn.Module, graph: CapturedGraph) -> list[FoldedPair]:
                 conv.bias = nn.Parameter(torch.zeros_like(shift))
             conv.bias.copy_(conv.bias * factor + shift)
             _set_submodule(model, node.module, nn.Identity())
-            folded.append(FoldedPair(producer.weight.module, node.module, factor.detach().clone()))
+            folded.append(
+                FoldedPair(producer.weight.module, node.module, factor.detach().clone(), producer.name, node.name)
+            )
     return folded

@@ -16,11 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
 from nncompress.errors import ExportError, InvalidArgumentError
 from nncompress.torch.inputs import ModelInputs
+from nncompress.torch.onnx_constants import fold_constant_quantize
 
 DEFAULT_OPSET = 17
 
@@ -114,6 +116,9 @@ def export_onnx(
                 dynamic_axes=_batch_axes(input_names, export_args),
                 do_constant_folding=True,
             )
+        proto = onnx.load(tmp)
+        if fold_constant_quantize(proto):
+            onnx.save(proto, tmp)
         os.replace(tmp, target)
     except Exception as exc:
         raise ExportError(f"ONNX export to {str(target)!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -165,6 +165,8 @@ class QuantizationController(BaseController):
             return
         group = rt.group(self.name)
         for pair in pairs:
+            if pair.batchnorm_op in rt.post_points:  # the BatchNorm op is gone: quantize the conv output
+                rt.post_points[pair.conv_op] = rt.post_points.pop(pair.batchnorm_op)
             native = group._modules.get("weight:" + f"{pair.conv}.weight".lstrip(".").replace(".", "/"))
             if isinstance(native, NativeFakeQuantize):
                 native.set_channel_scale(pair.factor)

@@ -183,7 +183,7 @@ class FakeQuantizer(nn.Module):
         zp = self.zero_point.detach()
         zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax)
         return NativeFakeQuantize(self.scale.detach().abs().clamp_min(_MIN_SCALE), zp.to(torch.int32), qmin, qmax,
-                                  self.axis)
+                                  self.axis, clamp=self.group != "weights")
 
 
 class NativeFakeQuantize(nn.Module):
@@ -194,10 +194,16 @@ class NativeFakeQuantize(nn.Module):
     :param qmin: lowest level of the (possibly sub-8-bit) range.
     :param qmax: highest level.
     :param axis: channel axis for per-channel, else ``None``.
+    :param clamp: clamp to ``[qmin, qmax]`` first when that is narrower than 8 bits; weights
+        already baked onto their grid skip it, so the exported weight is a plain constant.
     """
 
-    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> None:
+    def __init__(
+        self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None,
+        clamp: bool = True,
+    ) -> None:
         super().__init__()
+        self.clamp = clamp
         if qmax - qmin > 255:
             raise InvalidArgumentError(f"range [{qmin}, {qmax}] is wider than 8 bits")
         self.scale: torch.Tensor
@@ -221,7 +227,7 @@ class NativeFakeQuantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp to the narrow range when it is not a full 8-bit one, then fake-quantize."""
-        if (self.qmin, self.qmax) != self.q8:
+        if self.clamp and (self.qmin, self.qmax) != self.q8:
             shape = [1] * x.dim()
             if self.axis is not None:
                 shape[self.axis] = -1
