@@ -46,6 +46,8 @@ class _HookMode(TorchFunctionMode):
         rt = self.rt
         if kwargs is None:
             kwargs = {}
+        if rt._internal:  # an inserted module running from a hook: not the model's own op
+            return func(*args, **kwargs)
         wmap = rt._by_param
         if wmap and _reads_any(wmap, args, kwargs) and op_base_name(func) not in _METADATA_OPS:
             args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
@@ -120,6 +122,7 @@ class HookRuntime(nn.Module):
         self._by_param: dict[int, list[Entry]] = {}
         self._by_owner: dict[nn.Module, list[tuple[str, list[Entry]]]] = {}
         self._swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self._internal = False
         self._weight_cache: dict[int, torch.Tensor] = {}
         self._scopes: dict[nn.Module, tuple[str, str]] = {}
         self._stack: list[nn.Module] = []
@@ -128,7 +131,7 @@ class HookRuntime(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy / pickle: per-forward state is not copied.
         state = self.__dict__.copy()
-        state.update(_mode=None, _by_param={}, _by_owner={}, _swapped=[], _weight_cache={},
+        state.update(_mode=None, _internal=False, _by_param={}, _by_owner={}, _swapped=[], _weight_cache={},
                      _scopes={}, _stack=[], _counters={}, _depth=0)
         return state
 
@@ -216,14 +219,21 @@ class HookRuntime(nn.Module):
         For the duration of the module's forward, ``module._parameters[name]`` holds the
         transformed tensor (computed from the parameter, so gradients reach the parameter).
         """
-        for pname, entries in self._by_owner.get(module, ()):
-            param = module._parameters[pname]
-            assert param is not None  # checked when the layout was applied
-            weight: torch.Tensor = param
-            for entry in entries:
-                weight = self.module_at(entry)(weight)
-            self._swapped.append((module, pname, param))
-            module._parameters[pname] = weight  # type: ignore[assignment]
+        owned = self._by_owner.get(module)
+        if not owned:
+            return
+        self._internal = True  # the hook mode, if active, must not count these ops as the model's
+        try:
+            for pname, entries in owned:
+                param = module._parameters[pname]
+                assert param is not None  # checked when the layout was applied
+                weight: torch.Tensor = param
+                for entry in entries:
+                    weight = self.module_at(entry)(weight)
+                self._swapped.append((module, pname, param))
+                module._parameters[pname] = weight  # type: ignore[assignment]
+        finally:
+            self._internal = False
 
     def swap_out(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook (runs even if the forward raised): put the parameters back."""

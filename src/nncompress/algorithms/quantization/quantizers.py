@@ -14,6 +14,8 @@ sub-8-bit or narrow range is expressed exactly as a clamp to the narrower range 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -69,6 +71,7 @@ class FakeQuantizer(nn.Module):
         self._collector: RangeCollector | None = None
         self._collector_args: tuple[str, float, float] = ("min_max", 0.0, 100.0)
         self._reduce_mode = "extremes"
+        self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -111,6 +114,7 @@ class FakeQuantizer(nn.Module):
             self.scale.copy_(scale.reshape(self.scale.shape))
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
             self.initialized.fill_(True)
+            self._levels = None
 
     def _collect(self, x: torch.Tensor) -> None:
         if not bool(torch.isfinite(x).all()):
@@ -136,13 +140,27 @@ class FakeQuantizer(nn.Module):
             return x
         if not self.enabled or not x.is_floating_point():
             return x
-        if not bool(self.initialized):
-            self._init_from(x)
-        qmin, qmax = self.levels
+        if self._levels is None:  # first call, or new state loaded: read the buffers once
+            if not bool(self.initialized):
+                self._init_from(x)
+            self._levels = self.levels
+        qmin, qmax = self._levels
         per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
+        grad_factor = lsq_grad_factor(max(per_step, 1), qmax)
         scale = self.scale.abs().clamp_min(_MIN_SCALE)
-        return fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis,
-                                       lsq_grad_factor(max(per_step, 1), qmax))
+        if self.symmetric and x.dtype == torch.float32:
+            # PyTorch's fused LSQ kernels: exact for a zero point of 0 (see fake_quantize_learnable)
+            zero = torch.zeros_like(scale)
+            if self.axis is None:
+                return torch._fake_quantize_learnable_per_tensor_affine(
+                    x, scale.reshape(1), zero.reshape(1), qmin, qmax, grad_factor
+                )
+            return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero, self.axis, qmin, qmax, grad_factor)
+        return fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._levels = None  # signedness may have changed
 
     def _init_from(self, x: torch.Tensor) -> None:
         """No range initialisation ran: take the range of the first tensor seen."""
