@@ -109,6 +109,44 @@ def sparsify(
     return ctrl, model
 
 
+QAT_EPOCHS = 2
+"""Epochs of quantization-aware training in the demo."""
+
+
+def qat_config() -> dict[str, Any]:
+    """The demo's INT8 quantization config (NNCF 2.x format): ranges and BatchNorm statistics
+    initialised on 256 training images."""
+    return {
+        "input_info": {"sample_size": [1, 1, 8, 8]},
+        "compression": {
+            "algorithm": "quantization",
+            "initializer": {
+                "range": {"num_init_samples": 256},
+                "batchnorm_adaptation": {"num_bn_adaptation_samples": 256},
+            },
+        },
+    }
+
+
+def quantize_aware(
+    model: nn.Module, train: DataLoader[Any], epochs: int = QAT_EPOCHS, progress: bool = False
+) -> tuple[CompressionAlgorithmController[nn.Module], nn.Module]:
+    """INT8 quantization-aware training of a trained model: :func:`qat_config`, Adam at 1e-3.
+
+    :param model: the trained model (compressed in place and returned).
+    :param train: the training loader (also the calibration data).
+    :param epochs: QAT epochs.
+    :param progress: show a tqdm bar per epoch.
+    :return: ``(ctrl, model)``.
+    """
+    ctrl, model = nnc.create_compressed_model(model, qat_config(), init_data=train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        ctrl.scheduler.epoch_step()
+        train_epoch(model, train, optimizer, ctrl, progress=f"QAT {epoch + 1}/{epochs}" if progress else None)
+    return ctrl, model
+
+
 def run_demo(
     out_dir: str = "runs/demo",
     epochs: int = DENSE_EPOCHS,
@@ -165,9 +203,19 @@ def run_demo(
     ctrl.export_model(str(out / "sparse.onnx"), input_names=["images"], output_names=["logits"])
     print(f"wrote {out / 'dense.onnx'} and {out / 'sparse.onnx'}; running both in onnxruntime on the test set")
     fig.update(_onnx_figures(out, {"dense": dense, "sparse": stripped}, test))
+
+    print(f"\n== 5. INT8 quantization-aware training of the dense model, {QAT_EPOCHS} epochs")
+    print(json.dumps(qat_config(), indent=2))
+    qctrl, qmodel = quantize_aware(copy.deepcopy(dense), train, QAT_EPOCHS, progress)
+    print(qctrl.statistics().to_str())
+    fig["int8_acc"] = evaluate(qmodel, test)
+    qctrl.export_model(str(out / "int8.onnx"), input_names=["images"], output_names=["logits"])
+    native = qctrl.strip(strip_format=nnc.StripFormat.NATIVE).eval()
+    fig.update(_onnx_figures(out, {"int8": native}, test))
+    print(f"wrote {out / 'int8.onnx'} (QuantizeLinear/DequantizeLinear, BatchNorm folded)")
     fig["onnx_agrees"] = all(
         fig[f"{n}_ort_argmax_agreement"] >= 0.99 and fig[f"{n}_ort_max_abs_diff"] <= ATOL for n in ("dense", "sparse")
-    )
+    ) and fig["int8_ort_argmax_agreement"] >= 0.99
     fig["seconds"] = time.perf_counter() - start
     print(summary_table(fig))
     (out / "summary.json").write_text(json.dumps(fig, indent=2) + "\n")
@@ -237,20 +285,22 @@ def summary_table(fig: dict[str, Any]) -> str:
     :return: the table as text.
     """
     kib = 1024.0
+    names = ("dense", "sparse", "int8")
+
+    def row(label: str, key: str, scale: float = 1.0) -> tuple[Any, ...]:
+        return (label, *(fig[key.format(n)] / scale if key.format(n) in fig else "-" for n in names))
+
     rows = [
-        ("test accuracy, PyTorch", fig["dense_acc"], fig["sparse_acc"]),
-        ("test accuracy, PyTorch stripped", "-", fig["stripped_acc"]),
-        ("test accuracy, onnxruntime", fig["ort_dense_acc"], fig["ort_sparse_acc"]),
-        ("zeros in the sparsified weights", fig["dense_sparsity_layers"], fig["sparse_sparsity_layers"]),
-        ("zeros in all parameters", fig["dense_sparsity_model"], fig["sparse_sparsity_model"]),
-        ("zeros in ONNX weight tensors", fig["dense_onnx_weight_sparsity"], fig["sparse_onnx_weight_sparsity"]),
-        ("ONNX file, KiB", fig["dense_onnx_bytes"] / kib, fig["sparse_onnx_bytes"] / kib),
-        ("ONNX file gzip -9, KiB", fig["dense_onnx_gzip_bytes"] / kib, fig["sparse_onnx_gzip_bytes"] / kib),
-        ("onnxruntime vs PyTorch: argmax agreement", fig["dense_ort_argmax_agreement"],
-         fig["sparse_ort_argmax_agreement"]),
-        ("onnxruntime vs PyTorch: max |logit diff|", f"{fig['dense_ort_max_abs_diff']:.2e}",
-         f"{fig['sparse_ort_max_abs_diff']:.2e}"),
+        ("test accuracy, PyTorch", fig["dense_acc"], fig["sparse_acc"], fig["int8_acc"]),
+        ("test accuracy, PyTorch stripped", "-", fig["stripped_acc"], "-"),
+        row("test accuracy, onnxruntime", "ort_{}_acc"),
+        row("zeros in the sparsified weights", "{}_sparsity_layers"),
+        row("zeros in ONNX weight tensors", "{}_onnx_weight_sparsity"),
+        row("ONNX file, KiB", "{}_onnx_bytes", kib),
+        row("ONNX file gzip -9, KiB", "{}_onnx_gzip_bytes", kib),
+        row("onnxruntime vs PyTorch: argmax agreement", "{}_ort_argmax_agreement"),
+        ("onnxruntime vs PyTorch: max |logit diff|", *(f"{fig[f'{n}_ort_max_abs_diff']:.2e}" for n in names)),
     ]
     verdict = "agree" if fig["onnx_agrees"] else "DISAGREE"
     title = f"\nSummary (onnxruntime and PyTorch {verdict}; {fig['seconds']:.1f} s)"
-    return format_table(("", "FP32", "sparse 70%"), rows, title)
+    return format_table(("", "FP32", "sparse 70%", "INT8 QAT"), rows, title)
