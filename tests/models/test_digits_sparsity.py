@@ -117,7 +117,7 @@ def test_resume_from_checkpoint_gives_identical_outputs(sparse: Sparse, loaders:
 
 def test_run_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fig = run_demo(str(tmp_path / "demo"), epochs=4, finetune_epochs=4, progress=False)
-    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"dense.onnx", "sparse.onnx", "summary.json"}
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"dense.onnx", "sparse.onnx", "int8.onnx", "summary.json"}
     assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == fig
     assert fig["onnx_agrees"] and min(fig["dense_ort_argmax_agreement"], fig["sparse_ort_argmax_agreement"]) >= 0.99
     assert fig["sparse_sparsity_layers"] >= 0.69 and fig["sparse_onnx_weight_sparsity"] >= 0.69
@@ -127,6 +127,8 @@ def test_run_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     printed = capsys.readouterr().out
     assert "Statistics of magnitude_sparsity" in printed and "5 of 9 weighted ops compressed" in printed
     assert "Summary (onnxruntime and PyTorch agree" in printed
+    assert "Statistics of quantization" in printed
+    assert fig["int8_ort_argmax_agreement"] >= 0.99 and fig["int8_onnx_bytes"] < 0.6 * fig["dense_onnx_bytes"]
 
 
 def test_cli_demo_passes_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
