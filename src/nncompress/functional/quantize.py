@@ -335,6 +335,47 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         return dx, dscale, dzero, None, None, None, None, None
 
 
+class _FixedZeroPointLsq(torch.autograd.Function):
+    """LSQ for an integer (fixed) zero point, float32 input: one fused pass forward.
+
+    PyTorch's ``fake_quantize_per_{tensor,channel}_affine_cachemask`` kernels return the output
+    and the in-range mask together; with them the gradients of :func:`fake_quantize_learnable`
+    are ``dx = g_y * mask`` and ``ds = g * sum(g_y * (y - x * mask)) / s`` (inside the range
+    ``y/s - x/s = round(x/s) - x/s``; outside, ``y/s = q - z`` at the clamped level), so the
+    backward needs no re-quantization.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None,
+        grad_factor: float, shape: list[int],
+    ) -> Tensor:
+        s = scale.detach()
+        if axis is None:
+            y, mask = torch.ops.aten.fake_quantize_per_tensor_affine_cachemask(
+                x, float(s.reshape(())), int(zero_point.reshape(())), qmin, qmax
+            )
+        else:
+            y, mask = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+                x, s.reshape(-1).float(), zero_point.reshape(-1).to(torch.int32), axis % x.dim(), qmin, qmax
+            )
+        ctx.save_for_backward(x, y, mask, s)
+        ctx.grad_factor, ctx.shape = grad_factor, shape
+        ctx.dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        return y  # type: ignore[no-any-return]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, y, mask, s = ctx.saved_tensors
+        dx = grad * mask if ctx.needs_input_grad[0] else None
+        dscale = None
+        if ctx.needs_input_grad[1]:
+            per_elem = grad * (y - x * mask)
+            dscale = _sum_to(per_elem, ctx.dims, s.shape) * ctx.grad_factor / s
+        return dx, dscale, None, None, None, None, None, None
+
+
 def _sum_to(t: Tensor, dims: list[int], shape: torch.Size) -> Tensor:
     """Sum ``t`` over ``dims`` (none: no sum, unlike ``Tensor.sum([])``) and reshape to ``shape``."""
     return (t.sum(dims) if dims else t).reshape(shape)
@@ -392,7 +433,10 @@ def fake_quantize_learnable(
         raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
     qrange = None if zero_point.is_floating_point() else (qmin, qmax)
     shape = _check_qparams(x, scale, zero_point, axis, qrange)
-    out: Tensor = _LearnableFakeQuantize.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
+    function = _LearnableFakeQuantize
+    if not zero_point.is_floating_point() and x.dtype == torch.float32 and scale.dtype == torch.float32:
+        function = _FixedZeroPointLsq  # same values and gradients, one fused pass
+    out: Tensor = function.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
     return out
 
 

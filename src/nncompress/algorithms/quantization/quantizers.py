@@ -148,14 +148,6 @@ class FakeQuantizer(nn.Module):
         per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
         grad_factor = lsq_grad_factor(max(per_step, 1), qmax)
         scale = self.scale.abs().clamp_min(_MIN_SCALE)
-        if self.symmetric and x.dtype == torch.float32:
-            # PyTorch's fused LSQ kernels: exact for a zero point of 0 (see fake_quantize_learnable)
-            zero = torch.zeros_like(scale)
-            if self.axis is None:
-                return torch._fake_quantize_learnable_per_tensor_affine(
-                    x, scale.reshape(1), zero.reshape(1), qmin, qmax, grad_factor
-                )
-            return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero, self.axis, qmin, qmax, grad_factor)
         return fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
