@@ -433,7 +433,7 @@ def fake_quantize_learnable(
         raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
     qrange = None if zero_point.is_floating_point() else (qmin, qmax)
     shape = _check_qparams(x, scale, zero_point, axis, qrange)
-    function = _LearnableFakeQuantize
+    function: type[torch.autograd.Function] = _LearnableFakeQuantize
     if not zero_point.is_floating_point() and x.dtype == torch.float32 and scale.dtype == torch.float32:
         function = _FixedZeroPointLsq  # same values and gradients, one fused pass
     out: Tensor = function.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
