@@ -210,3 +210,14 @@ def test_init_data_that_does_not_fit(cnn: ResidualCNN) -> None:
     with pytest.raises(InitDataError, match="batch 0"):
         nnc.create_compressed_model(cnn, _config(), init_data=[torch.ones(2, 3, 8, 8)])
     _untouched(cnn)
+
+
+def test_mixed_preset_makes_activations_asymmetric(cnn: ResidualCNN) -> None:
+    ctrl, model = _quantized(cnn, preset="mixed")
+    stats = ctrl.statistics().quantization
+    assert stats.activations.asymmetric == stats.activations.total == 8
+    assert stats.weights.symmetric == 6
+    x = torch.randn(4, 1, 8, 8)
+    model(x).sum().backward()
+    learned = [q for q in ctrl.quantizers if not q.symmetric]
+    assert all(q.zero_point.grad is not None for q in learned)  # zero points learn too

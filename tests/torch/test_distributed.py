@@ -58,3 +58,25 @@ def test_ddp_two_ranks_stay_identical(tmp_path: Path) -> None:
     masks = [v for k, v in r0.items() if k.endswith(".mask")]
     level = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
     assert abs(level - 0.6) < 0.01
+
+
+def _range_worker(rank: int, world: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous-q", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = ResidualCNN()
+    g = torch.Generator().manual_seed(200 + rank)
+    data = [(torch.randn(8, 1, 8, 8, generator=g) * (1 + rank), torch.zeros(8, dtype=torch.long))]
+    config = {"input_info": {"sample_size": [1, 1, 8, 8]},
+              "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}}}
+    ctrl, model = nnc.create_compressed_model(model, config, init_data=data)
+    torch.save({k: v.clone() for k, v in model.state_dict().items() if "nncompress" in k}, Path(out) / f"q{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_quantizer_ranges_agree_across_ranks(tmp_path: Path) -> None:
+    mp.spawn(_range_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    q0, q1 = torch.load(tmp_path / "q0.pt"), torch.load(tmp_path / "q1.pt")
+    assert any(k.endswith(".scale") for k in q0)
+    for k in q0:  # rank 1 saw twice as wide data; both end with the same ranges
+        assert torch.equal(q0[k], q1[k]), k
