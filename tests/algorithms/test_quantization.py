@@ -221,3 +221,23 @@ def test_mixed_preset_makes_activations_asymmetric(cnn: ResidualCNN) -> None:
     model(x).sum().backward()
     learned = [q for q in ctrl.quantizers if not q.symmetric]
     assert all(q.zero_point.grad is not None for q in learned)  # zero points learn too
+
+
+def test_shape_arithmetic_during_export_does_not_shift_op_names(tmp_path: Path) -> None:
+    class SizeMath(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0] + 0  # a 0-d tensor op while the exporter traces, Python ints in eager mode
+            return self.fc(x[:n]) + x
+
+    config = {"input_info": {"sample_size": [2, 4]},
+              "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 2}}}}
+    ctrl, model = nnc.create_compressed_model(SizeMath(), config, init_data=[torch.randn(2, 4)])
+    activations = [q for q in ctrl.quantizers if q.group == "activations"]
+    path = tmp_path / "size.onnx"
+    ctrl.export_model(str(path))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == len(activations) == 3  # weights are int8 initializers

@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nncompress.errors import CaptureError
-from nncompress.graph.scopes import module_scopes, op_base_name
+from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_name
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,9 @@ class _CaptureMode(TorchFunctionMode):
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
-        # Count every call, as the runtime hooks do, so that call indices agree with them.
+        if is_shape_arithmetic(args, kwargs):
+            return func(*args, **kwargs)
+        # Count every other call, as the runtime hooks do, so that call indices agree with them.
         module = self.stack[-1]
         scope, module_name = self.scopes[module]
         op = op_base_name(func)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
+import torch
 from torch import nn
 
 REGEX_PREFIX = "{re}"
@@ -36,6 +37,22 @@ def op_base_name(func: Callable[..., object]) -> str:
     if name.startswith("__") and name.endswith("__") and len(name) > 4:
         name = name[2:-2]
     return name
+
+
+def is_shape_arithmetic(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
+    """Whether a call only combines 0-d tensors (and Python numbers).
+
+    Such calls are not numbered: in eager mode ``x.shape[0] + 1`` is Python arithmetic, but while
+    ``torch.onnx.export`` traces the model the sizes are 0-d tensors and the same line becomes a
+    torch op. Skipping these calls in capture and at run time keeps op names identical in both.
+    """
+    seen = False
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            if a.dim() != 0:
+                return False
+            seen = True
+    return seen
 
 
 def module_scopes(root: nn.Module, skip: nn.Module | None = None) -> dict[nn.Module, tuple[str, str]]:

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from nncompress.api.compression import StripFormat
 from nncompress.errors import InvalidArgumentError
 from nncompress.graph.layout import InsertionCommand, TargetType, TransformationLayout
-from nncompress.graph.scopes import module_scopes, op_base_name
+from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_name
 
 RUNTIME_ATTR = "nncompress"
 
@@ -52,7 +52,7 @@ class _HookMode(TorchFunctionMode):
         if wmap and _reads_any(wmap, args, kwargs) and op_base_name(func) not in _METADATA_OPS:
             args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
             kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
-        if not (rt.pre_points or rt.post_points):
+        if not (rt.pre_points or rt.post_points) or is_shape_arithmetic(args, kwargs):
             return func(*args, **kwargs)
         name = rt._next_op_name(func)
         pre = rt.pre_points.get(name)

@@ -237,6 +237,8 @@ class NativeFakeQuantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp to the narrow range when it is not a full 8-bit one, then fake-quantize."""
+        if not x.is_floating_point():
+            return x
         if self.clamp and (self.qmin, self.qmax) != self.q8:
             shape = [1] * x.dim()
             if self.axis is not None:
