@@ -389,6 +389,7 @@ def fake_quantize_learnable(
     qmax: int,
     axis: int | None = None,
     grad_factor: float = 1.0,
+    validate: bool = True,
 ) -> Tensor:
     """:func:`fake_quantize` whose step (and float zero point) learn: LSQ (Esser et al., 2020), LSQ+.
 
@@ -425,14 +426,19 @@ def fake_quantize_learnable(
     :param qmax: highest level, ``> 0``.
     :param axis: ``None`` per-tensor, else the channel axis of ``x``.
     :param grad_factor: ``g`` above, a finite float ``> 0``.
+    :param validate: check the arguments (one device synchronisation); callers that checked them
+        once and keep them fixed (the fake-quantizer modules) pass ``False`` on later calls.
     :return: a tensor of ``x``'s shape and dtype.
     :raises InvalidArgumentError: as :func:`quantize`, or for a bad ``grad_factor``.
     """
-    _check_input(x, qmin, qmax)
-    if not 0.0 < grad_factor < math.inf:
-        raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
-    qrange = None if zero_point.is_floating_point() else (qmin, qmax)
-    shape = _check_qparams(x, scale, zero_point, axis, qrange)
+    if validate:
+        _check_input(x, qmin, qmax)
+        if not 0.0 < grad_factor < math.inf:
+            raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
+        qrange = None if zero_point.is_floating_point() else (qmin, qmax)
+        shape = _check_qparams(x, scale, zero_point, axis, qrange)
+    else:
+        shape = [] if axis is None else [x.shape[axis] if d == axis % x.dim() else 1 for d in range(x.dim())]
     function: type[torch.autograd.Function] = _LearnableFakeQuantize
     if not zero_point.is_floating_point() and x.dtype == torch.float32 and scale.dtype == torch.float32:
         function = _FixedZeroPointLsq  # same values and gradients, one fused pass

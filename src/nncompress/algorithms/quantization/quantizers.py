@@ -72,6 +72,7 @@ class FakeQuantizer(nn.Module):
         self._collector_args: tuple[str, float, float] = ("min_max", 0.0, 100.0)
         self._reduce_mode = "extremes"
         self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
+        self._validated = False
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -117,11 +118,6 @@ class FakeQuantizer(nn.Module):
             self._levels = None
 
     def _collect(self, x: torch.Tensor) -> None:
-        if not bool(torch.isfinite(x).all()):
-            raise InitDataError(
-                f"range initialisation: the {self.group} quantized at {self.name} contain NaN or inf; "
-                "check the init_data and the model"
-            )
         if self._collector is None:
             range_type, lo_p, hi_p = self._collector_args
             axes = None
@@ -129,7 +125,13 @@ class FakeQuantizer(nn.Module):
                 axis = self.axis % x.dim()
                 axes = tuple(d for d in range(x.dim()) if d != axis)
             self._collector = RangeCollector(range_type, axes, min_percentile=lo_p, max_percentile=hi_p)
-        self._collector.update(x.detach())
+        try:
+            self._collector.update(x.detach())  # checks for NaN / inf
+        except InvalidArgumentError as exc:
+            raise InitDataError(
+                f"range initialisation: the {self.group} quantized at {self.name} contain NaN or inf "
+                f"({exc}); check the init_data and the model"
+            ) from exc
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -148,7 +150,11 @@ class FakeQuantizer(nn.Module):
         per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
         grad_factor = lsq_grad_factor(max(per_step, 1), qmax)
         scale = self.scale.abs().clamp_min(_MIN_SCALE)
-        return fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor)
+        # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
+        out = fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor,
+                                      validate=not self._validated)
+        self._validated = True
+        return out
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
