@@ -241,3 +241,17 @@ def test_shape_arithmetic_during_export_does_not_shift_op_names(tmp_path: Path) 
     ctrl.export_model(str(path))
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("QuantizeLinear") == len(activations) == 3  # weights are int8 initializers
+
+
+def test_strip_dq_keeps_int8_codes_and_matches_native(cnn: ResidualCNN) -> None:
+    ctrl, model = _quantized(cnn)
+    model.eval()
+    x = torch.randn(4, 1, 8, 8)
+    native = ctrl.strip(strip_format=StripFormat.NATIVE).eval()
+    dq = ctrl.strip(strip_format=StripFormat.DQ).eval()
+    torch.testing.assert_close(dq(x), native(x))
+    assert dq.blocks[0].pw.weight.numel() == 0  # the float weights are gone
+    codes = [b for k, b in dq.state_dict().items() if k.endswith(".codes")]
+    assert len(codes) == 6 and all(c.dtype == torch.int8 for c in codes)
+    float_weights = sum(p.numel() * 4 for p in model.parameters() if p.dim() >= 2)
+    assert sum(c.numel() for c in codes) == float_weights // 4

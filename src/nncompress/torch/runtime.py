@@ -29,8 +29,6 @@ from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_
 
 RUNTIME_ATTR = "nncompress"
 
-# Ops that only read metadata: no reason to transform a weight for them.
-_METADATA_OPS = frozenset({"shape", "size", "dim", "numel", "stride", "dtype", "device", "requires_grad"})
 
 Entry = tuple[int, str, str]  # (priority, group, key)
 
@@ -49,7 +47,7 @@ class _HookMode(TorchFunctionMode):
         if rt._internal:  # an inserted module running from a hook: not the model's own op
             return func(*args, **kwargs)
         wmap = rt._by_param
-        if wmap and _reads_any(wmap, args, kwargs) and op_base_name(func) not in _METADATA_OPS:
+        if wmap and _reads_any(wmap, args, kwargs):
             args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
             kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
         if not (rt.pre_points or rt.post_points) or is_shape_arithmetic(args, kwargs):

@@ -22,10 +22,12 @@ from torch import nn
 from nncompress.api.compression import StripFormat
 from nncompress.errors import InitDataError, InvalidArgumentError
 from nncompress.functional.quantize import (
+    dequantize,
     fake_quantize,
     fake_quantize_learnable,
     integer_range,
     lsq_grad_factor,
+    quantize,
     scale_zero_point,
 )
 from nncompress.functional.ranges import RangeCollector, all_reduce_range
@@ -73,6 +75,7 @@ class FakeQuantizer(nn.Module):
         self._reduce_mode = "extremes"
         self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
         self._validated = False
+        self._dq: Int8Weight | None = None
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -180,12 +183,23 @@ class FakeQuantizer(nn.Module):
         return fake_quantize(x, self.scale.detach().abs().clamp_min(_MIN_SCALE), zp, qmin, qmax, self.axis)
 
     def bake_(self, weight: torch.Tensor, strip_format: StripFormat) -> bool:
-        """Put the weight on the grid. IN_PLACE: done, remove me; NATIVE/DQ: keep a native quantizer."""
-        if self.enabled:
-            if not bool(self.initialized):
-                self._init_from(weight.detach())
-            weight.data.copy_(self.quantized(weight.detach()))
-        return strip_format is StripFormat.IN_PLACE or not self.enabled
+        """Put the weight on the grid. IN_PLACE: done, remove me; NATIVE: keep a native quantizer;
+        DQ: keep the integer codes in an :class:`Int8Weight` and empty the float parameter."""
+        if not self.enabled:
+            return True
+        if not bool(self.initialized):
+            self._init_from(weight.detach())
+        if strip_format is StripFormat.DQ:
+            qmin, qmax = self.levels
+            scale = self.scale.detach().abs().clamp_min(_MIN_SCALE)
+            zp = self.zero_point.detach()
+            zp = (zp.round().clamp(qmin, qmax) if zp.is_floating_point() else zp).to(torch.int32)
+            codes = quantize(weight.detach(), scale, zp, qmin, qmax, self.axis).to(torch.int8)
+            self._dq = Int8Weight(codes, scale, zp, self.axis, weight.dtype)
+            weight.data = torch.empty(0, dtype=weight.dtype, device=weight.device)
+            return False
+        weight.data.copy_(self.quantized(weight.detach()))
+        return strip_format is StripFormat.IN_PLACE
 
     def strip_to(self, strip_format: StripFormat) -> nn.Module | None:
         """The PyTorch-native equivalent; ``None`` (removed) when disabled or for IN_PLACE.
@@ -195,11 +209,44 @@ class FakeQuantizer(nn.Module):
         """
         if not self.enabled or not bool(self.initialized) or strip_format is StripFormat.IN_PLACE:
             return None
+        if strip_format is StripFormat.DQ and self.group == "weights":
+            return self._dq
         qmin, qmax = self.levels
         zp = self.zero_point.detach()
         zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax)
         return NativeFakeQuantize(self.scale.detach().abs().clamp_min(_MIN_SCALE), zp.to(torch.int32), qmin, qmax,
                                   self.axis, clamp=self.group != "weights")
+
+
+class Int8Weight(nn.Module):
+    """A weight stored as integer codes plus step (``StripFormat.DQ``), dequantized when read.
+
+    The float parameter it stands for is emptied; each time an op reads it, this module returns
+    ``(codes - zero_point) * scale`` in the parameter's dtype. Codes of sub-8-bit quantizers are
+    stored one per int8 (no packing).
+
+    :param codes: int8 codes, the weight's shape.
+    :param scale: step, 0-d or per channel.
+    :param zero_point: int32, the shape of ``scale``.
+    :param axis: channel axis, or ``None``.
+    :param dtype: the dtype to dequantize to.
+    """
+
+    def __init__(
+        self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.codes: torch.Tensor
+        self.scale: torch.Tensor
+        self.zero_point: torch.Tensor
+        self.register_buffer("codes", codes.to(torch.int8))
+        self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("zero_point", zero_point.detach().to(torch.int32).clone())
+        self.axis, self.dtype = axis, dtype
+
+    def forward(self, emptied: torch.Tensor) -> torch.Tensor:
+        """:return: the dequantized weight (the emptied parameter passed in is ignored)."""
+        return dequantize(self.codes.to(torch.int32), self.scale, self.zero_point, self.axis).to(self.dtype)
 
 
 class NativeFakeQuantize(nn.Module):
