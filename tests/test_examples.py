@@ -1,0 +1,27 @@
+"""The example scripts run and their config files load."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import nncompress as nnc
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (EXAMPLES / "configs").glob("*.json")))
+def test_example_configs_load(name: str) -> None:
+    assert nnc.CompressionConfig.from_json(EXAMPLES / "configs" / name).algorithm_sections()
+
+
+def test_qat_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("digits_int8_qat", EXAMPLES / "digits_int8_qat.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(str(tmp_path))
+    assert (tmp_path / "digits_int8.onnx").exists() and (tmp_path / "checkpoint.pt").exists()
+    assert "INT8 QAT accuracy" in capsys.readouterr().out
