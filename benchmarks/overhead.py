@@ -16,51 +16,18 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from timing import Batch, interleaved_steps, median_time, training_step  # benchmarks/timing.py
 from torch import nn
 
 import nncompress as nnc
 from nncompress.api.statistics import format_table
 from nncompress.demo.digits import DigitsCNN
 from nncompress.graph.capture import capture
-
-STEPS = 30
-ROUNDS = 3
-WARMUP = 5
-
-Batch = tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _step_fn(model: nn.Module, batch: Batch, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
-             ctrl: Any = None) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    args, kwargs, target = batch
-
-    def step() -> None:
-        if ctrl is not None:
-            ctrl.scheduler.step()
-        loss = loss_fn(model(*args, **kwargs), target)
-        if ctrl is not None:
-            loss = loss + ctrl.loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
@@ -69,27 +36,16 @@ def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
     args, kwargs, _ = batch
     model.train()
     with torch.no_grad():
-        forward = _median_time(lambda: model(*args, **kwargs), 20)
+        forward = median_time(lambda: model(*args, **kwargs), 20)
     capture_s = min(capture(model, args, kwargs).capture_seconds for _ in range(3))
     compressed = copy.deepcopy(model)
     start = time.perf_counter()
     ctrl, compressed = nnc.create_compressed_model(compressed, config, example_input=(*args, kwargs) if kwargs else args[0])
     create_s = time.perf_counter() - start
     ctrl.scheduler.epoch_step()
-    plain_step = _step_fn(model, batch, loss_fn)
-    sparse_step = _step_fn(compressed, batch, loss_fn, ctrl)
-    for _ in range(WARMUP):
-        plain_step()
-        sparse_step()
-    rounds = []
-    for _ in range(ROUNDS):
-        plain_t, sparse_t = [], []
-        for _ in range(STEPS):
-            plain_t.append(_median_time(plain_step, 1))
-            sparse_t.append(_median_time(sparse_step, 1))
-        rounds.append((statistics.median(plain_t), statistics.median(sparse_t)))
-    # the round with the median ratio: robust to a burst of load from other processes
-    plain, sparse = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
+    times = interleaved_steps({"plain": training_step(model, batch, loss_fn),
+                               "sparse": training_step(compressed, batch, loss_fn, ctrl)})
+    plain, sparse = times["plain"], times["sparse"]
     return {
         "model": name,
         "forward_ms": forward * 1e3,

@@ -30,12 +30,10 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import statistics
 import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +42,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from timing import ROUNDS, STEPS, Batch, interleaved_steps, training_step  # benchmarks/timing.py
 from torch import nn
 
 import nncompress as nnc
@@ -52,15 +51,9 @@ from nncompress.demo.digits import digits_loaders, evaluate, predict, train_dens
 from nncompress.torch.export import export_onnx
 
 THREADS = 2
-ORT_RUNS = 30
-ORT_WARMUP = 3
-STEPS = 30
-ROUNDS = 3
-WARMUP = 5
 COUNTED_OPS = ("QLinearConv", "QLinearAdd", "QuantizeLinear", "DequantizeLinear", "Conv", "FusedConv",
                "QLinearGlobalAveragePool", "QLinearMatMul", "MatMulInteger", "Gemm", "Add")
 
-Batch = tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]
 
 
 # -- the ResNet ----------------------------------------------------------------------------------
@@ -129,47 +122,6 @@ def _op_counts(path: Path) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in COUNTED_OPS}
 
 
-def _step_fn(model: nn.Module, batch: Batch, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
-             ctrl: Any = None) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    args, kwargs, target = batch
-
-    def step() -> None:
-        if ctrl is not None:
-            ctrl.scheduler.step()
-        loss = loss_fn(model(*args, **kwargs), target)
-        if ctrl is not None:
-            loss = loss + ctrl.loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_steps(steps: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Median step seconds of each of ``steps``, run in turn step by step; the round with the median
-    ratio of the last entry over the first is kept (robust to a burst of load from other processes)."""
-    for _ in range(WARMUP):
-        for fn in steps.values():
-            fn()
-    rounds = []
-    for _ in range(ROUNDS):
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(STEPS):
-            for k, fn in steps.items():
-                times[k].append(_timed(fn))
-        rounds.append({k: statistics.median(v) for k, v in times.items()})
-    first, last = next(iter(steps)), list(steps)[-1]
-    return sorted(rounds, key=lambda r: r[last] / r[first])[len(rounds) // 2]
-
-
 # -- part 1: INT8 inference of the ResNet ----------------------------------------------------------
 
 
@@ -202,17 +154,8 @@ def resnet_case(tmp: Path) -> dict[str, Any]:
     fp32_opt, int8_opt = tmp / "resnet_fp32_opt.onnx", tmp / "resnet_int8_opt.onnx"
     fp32_sess, int8_sess = _session(fp32_path, fp32_opt), _session(int8_path, int8_opt)
     xn = x.numpy()
-    for _ in range(ORT_WARMUP):
-        _ort_run(fp32_sess, xn)
-        _ort_run(int8_sess, xn)
-    rounds = []
-    for _ in range(ROUNDS):
-        t32, t8 = [], []
-        for _ in range(ORT_RUNS):
-            t32.append(_timed(lambda: _ort_run(fp32_sess, xn)))
-            t8.append(_timed(lambda: _ort_run(int8_sess, xn)))
-        rounds.append((statistics.median(t32), statistics.median(t8)))
-    fp32_s, int8_s = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
+    times = interleaved_steps({"fp32": lambda: _ort_run(fp32_sess, xn), "int8": lambda: _ort_run(int8_sess, xn)})
+    fp32_s, int8_s = times["fp32"], times["int8"]
     fp32_ms, int8_ms = fp32_s * 1e3, int8_s * 1e3
 
     with torch.no_grad():
@@ -280,15 +223,15 @@ def digits_case(tmp: Path) -> dict[str, Any]:
     ctrl2, qat2 = nnc.create_compressed_model(copy.deepcopy(dense), config, init_data=train)
     ctrl2.scheduler.epoch_step()
     qat2.train()
-    steps = {"fp32": _step_fn(fp32_model, batch, F.cross_entropy)}
+    steps = {"fp32": training_step(fp32_model, batch, F.cross_entropy, lr=1e-4)}
     ao_error = None
     try:
         ao = _ao_fx_qat(dense, x)
         ao(x)
-        steps["ao_fx"] = _step_fn(ao, batch, F.cross_entropy)
+        steps["ao_fx"] = training_step(ao, batch, F.cross_entropy, lr=1e-4)
     except Exception as exc:  # a baseline only: report and go on
         ao_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-    steps["nncompress"] = _step_fn(qat2, batch, F.cross_entropy, ctrl2)
+    steps["nncompress"] = training_step(qat2, batch, F.cross_entropy, ctrl2, lr=1e-4)
     times = interleaved_steps(steps)
     return {
         "model": "digits CNN (batch 64)",
@@ -408,8 +351,8 @@ def minilm_case() -> dict[str, Any]:
     fp32_model = copy.deepcopy(model).train()
     qmodel.train()
     batch: Batch = ((), train_batch, target)
-    times = interleaved_steps({"fp32": _step_fn(fp32_model, batch, loss_fn),
-                               "nncompress": _step_fn(qmodel, batch, loss_fn, ctrl)})
+    times = interleaved_steps({"fp32": training_step(fp32_model, batch, loss_fn, lr=1e-4),
+                               "nncompress": training_step(qmodel, batch, loss_fn, ctrl, lr=1e-4)})
     return {
         "model": "all-MiniLM-L6-v2 (batch 8, seq 64)",
         "fp32_step_ms": times["fp32"] * 1e3,
@@ -446,7 +389,7 @@ def main() -> None:
         [(resnet["model"], resnet["fp32_ms"], resnet["int8_ms"], resnet["int8_over_fp32"],
           resnet["fp32_onnx_bytes"] / 1e6, resnet["int8_onnx_bytes"] / 1e6,
           resnet["int8_argmax_agreement_vs_fp32_torch"])],
-        title=f"1. onnxruntime latency, {THREADS} threads, no spinning (median of {ORT_RUNS} interleaved runs, "
+        title=f"1. onnxruntime latency, {THREADS} threads, no spinning (median of {STEPS} interleaved runs, "
               f"median of {ROUNDS} rounds)",
     ))
     print(format_table(
