@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -27,15 +26,15 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import nncompress as nnc
 from nncompress.algorithms.quantization.algo import QuantizationController
-from nncompress.demo.digits import DigitsCNN, digits_loaders, evaluate, predict, train_dense, train_epoch
+from nncompress.demo.digits import DigitsCNN, digits_loaders, evaluate, predict, train_epoch
 
 pytest.importorskip("sklearn")
 
-Loaders = tuple[DataLoader[Any], DataLoader[Any]]
+from tests.models.conftest import Loaders
+
 QAT_EPOCHS = 2
 QAT_CONFIG = {
     "input_info": {"sample_size": [1, 1, 8, 8]},
@@ -58,14 +57,6 @@ class Trained:
     scales_before: list[torch.Tensor]
 
 
-@pytest.fixture(scope="module")
-def loaders() -> Loaders:
-    return digits_loaders(seed=0)
-
-
-@pytest.fixture(scope="module")
-def dense(loaders: Loaders) -> DigitsCNN:
-    return train_dense(seed=0, loaders=loaders)
 
 
 @pytest.fixture(scope="module")

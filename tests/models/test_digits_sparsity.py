@@ -18,29 +18,21 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import nncompress as nnc
 from nncompress import cli
 from nncompress.api.compression import CompressionAlgorithmController
 from nncompress.demo import run as demo_run
-from nncompress.demo.digits import DigitsCNN, digits_loaders, evaluate, predict, train_dense
+from nncompress.demo.digits import DigitsCNN, digits_loaders, evaluate, predict
 from nncompress.demo.run import compressed_weights, run_demo, sparsify, sparsity_config
 
 pytest.importorskip("sklearn")
 
-Loaders = tuple[DataLoader[Any], DataLoader[Any]]
+from tests.models.conftest import Loaders
+
 Sparse = tuple[CompressionAlgorithmController[nn.Module], nn.Module]
 
 
-@pytest.fixture(scope="module")
-def loaders() -> Loaders:
-    return digits_loaders(seed=0)
-
-
-@pytest.fixture(scope="module")
-def dense(loaders: Loaders) -> DigitsCNN:
-    return train_dense(seed=0, loaders=loaders)
 
 
 @pytest.fixture(scope="module")
