@@ -387,3 +387,24 @@ def test_bad_scale_zero_point_arguments() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(quantize_module).failed == 0
+
+
+def test_learnable_step_gradient_is_accurate_on_large_tensors() -> None:
+    """The step gradient sums a million small rounding residuals: no float32 cancellation."""
+    gen = torch.Generator().manual_seed(0)
+    # values next to grid points: tiny residuals, large values (where naive sums lose precision)
+    on_grid = torch.round(torch.randn(1_000_000, generator=gen).clamp(-3, 3) * 30) * 0.02  # all in range
+    x = on_grid + torch.randn(1_000_000, generator=gen) * 1e-4
+    grad = torch.randn(1_000_000, generator=gen)
+    scale = torch.tensor(0.02, requires_grad=True)
+    zero = torch.tensor(0, dtype=torch.int32)
+    y = fake_quantize_learnable(x, scale, zero, -128, 127, None, 1.0)
+    y.backward(grad)
+    x64, g64 = x.double(), grad.double()
+    t = x64 * (1 / torch.tensor(0.02, dtype=torch.float32).double())
+    q = torch.round(t)
+    inside = (q >= -128) & (q <= 127)
+    expected = (g64 * torch.where(inside, q - t, q.clamp(-128, 127))).sum()
+    assert scale.grad is not None
+    # sum(g * y) - sum(g * x) in float32 would be off by about 0.6% here
+    assert abs(float(scale.grad) - float(expected)) <= 1e-4 * abs(float(expected))

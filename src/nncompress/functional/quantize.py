@@ -372,12 +372,13 @@ class _FixedZeroPointLsq(torch.autograd.Function):
         dx = torch.where(mask, grad, grad.new_zeros(()))
         dscale = None
         if ctx.needs_input_grad[1]:
-            # sum(g * (y - x * mask)) = sum(g * y) - sum(dx * x); per-tensor as two dot products
+            # y - x * mask first: inside the range it is the small rounding residual; splitting the
+            # sum into sum(g * y) - sum(g * x) would cancel catastrophically in float32.
+            residual = torch.where(mask, y - x, y)
             if len(ctx.dims) == x.dim():
-                total = torch.dot(grad.reshape(-1), y.reshape(-1)) - torch.dot(dx.reshape(-1), x.reshape(-1))
-                dscale = total.reshape(s.shape)
+                dscale = torch.dot(grad.reshape(-1), residual.reshape(-1)).reshape(s.shape)
             else:
-                dscale = _sum_to(grad * y - dx * x, ctx.dims, s.shape)
+                dscale = _sum_to(grad * residual, ctx.dims, s.shape)
             dscale = dscale * ctx.grad_factor / s
         return (dx if ctx.needs_input_grad[0] else None), dscale, None, None, None, None, None, None
 
