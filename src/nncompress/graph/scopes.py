@@ -11,7 +11,7 @@ can address insertion points, be matched by ``ignored_scopes`` and be stored in 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -104,14 +104,3 @@ def scope_matches(name: str, pattern: str) -> bool:
     if pattern.startswith(REGEX_PREFIX):
         return _compile(pattern[len(REGEX_PREFIX) :]).search(name) is not None
     return name == pattern or name.startswith(pattern.rstrip("/") + "/")
-
-
-def matching_patterns(names: Iterable[str], patterns: Iterable[str]) -> set[str]:
-    """The patterns that match at least one of the names.
-
-    :param names: operation names.
-    :param patterns: scope patterns.
-    :return: the subset of ``patterns`` that matched something.
-    """
-    names = list(names)
-    return {p for p in patterns if any(scope_matches(n, p) for n in names)}
