@@ -255,3 +255,36 @@ def test_strip_dq_keeps_int8_codes_and_matches_native(cnn: ResidualCNN) -> None:
     assert len(codes) == 6 and all(c.dtype == torch.int8 for c in codes)
     float_weights = sum(p.numel() * 4 for p in model.parameters() if p.dim() >= 2)
     assert sum(c.numel() for c in codes) == float_weights // 4
+
+
+def test_embedding_rows_path_equals_whole_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nncompress.algorithms.quantization.quantizers import FakeQuantizer
+
+    class Emb(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(ids))
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 4, 4, 9], [0, 49, 7, 1]])
+    config = {"compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 2}}}}
+    ctrl, model = nnc.create_compressed_model(Emb(), config, example_input=ids, init_data=[ids])
+    table = copy.deepcopy(model)
+    results = []
+    for m, rows in ((model, True), (table, False)):
+        if not rows:
+            monkeypatch.setattr(FakeQuantizer, "embedding_rows", lambda self, f, a, k: None)
+        out = m(ids)
+        out.square().sum().backward()
+        q = next(q for q in get_runtime(m).modules() if isinstance(q, FakeQuantizer) and "emb" in q.name
+                 and q.group == "weights")
+        results.append((out.detach(), m.emb.weight.grad.clone(), q.scale.grad.clone()))
+    (o1, w1, s1), (o2, w2, s2) = results
+    assert torch.equal(o1, o2)
+    torch.testing.assert_close(w1, w2)
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-7)
+    assert int((s1 != 0).sum()) == 6  # only the 6 distinct rows looked up get a step gradient

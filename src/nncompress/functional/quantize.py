@@ -350,7 +350,7 @@ class _FixedZeroPointLsq(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None,
-        grad_factor: float, shape: list[int],
+        grad_factor: float, shape: list[int], dims: list[int] | None = None,
     ) -> Tensor:
         s = scale.detach()
         view = shape if shape else [1] * x.dim()  # broadcast shape of the per-tensor or per-channel step
@@ -361,7 +361,9 @@ class _FixedZeroPointLsq(torch.autograd.Function):
         y = q.clamp_(qmin, qmax).sub_(z_b).mul_(s_b)
         ctx.save_for_backward(x, y, mask, s)
         ctx.grad_factor, ctx.shape = grad_factor, shape
-        ctx.dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        if dims is None:
+            dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        ctx.dims = dims
         return y  # type: ignore[no-any-return]
 
     @staticmethod
@@ -380,7 +382,7 @@ class _FixedZeroPointLsq(torch.autograd.Function):
             else:
                 dscale = _sum_to(grad * residual, ctx.dims, s.shape)
             dscale = dscale * ctx.grad_factor / s
-        return (dx if ctx.needs_input_grad[0] else None), dscale, None, None, None, None, None, None
+        return (dx if ctx.needs_input_grad[0] else None), dscale, None, None, None, None, None, None, None
 
 
 def _sum_to(t: Tensor, dims: list[int], shape: torch.Size) -> Tensor:
@@ -450,6 +452,30 @@ def fake_quantize_learnable(
     if not zero_point.is_floating_point() and x.dtype == torch.float32 and scale.dtype == torch.float32:
         function = _FixedZeroPointLsq  # same values and gradients, one fused pass
     out: Tensor = function.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
+    return out
+
+
+def fake_quantize_rows_learnable(
+    rows: Tensor, row_scale: Tensor, qmin: int, qmax: int, grad_factor: float = 1.0
+) -> Tensor:
+    """Symmetric LSQ fake quantization of gathered rows, each with its own step.
+
+    For an embedding table quantized per row (axis 0), quantizing the looked-up rows with their
+    gathered steps gives the same values and gradients as quantizing the whole table and then
+    looking up, at the cost of the rows actually read.
+
+    :param rows: float32 rows, shape ``(..., d)``.
+    :param row_scale: each row's step, shape ``(..., 1)`` (e.g. ``F.embedding(ids, scale[:, None])``,
+        through which the step gradient flows back to the table's steps).
+    :param qmin: lowest level.
+    :param qmax: highest level.
+    :param grad_factor: LSQ's step-gradient factor.
+    :return: the fake-quantized rows.
+    """
+    zero = torch.zeros(row_scale.shape, dtype=torch.int32, device=rows.device)
+    out: Tensor = _FixedZeroPointLsq.apply(
+        rows, row_scale, zero, qmin, qmax, None, grad_factor, list(row_scale.shape), [rows.dim() - 1]
+    )
     return out
 
 

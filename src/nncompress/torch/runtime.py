@@ -46,13 +46,18 @@ class _HookMode(TorchFunctionMode):
             kwargs = {}
         if rt._internal:  # an inserted module running from a hook: not the model's own op
             return func(*args, **kwargs)
+        op = func  # names the op even when ``func`` is replaced below
         wmap = rt._by_param
         if wmap and _reads_any(wmap, args, kwargs):
-            args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
-            kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
+            rows = rt._embedding_rows(func, args, kwargs)
+            if rows is not None:
+                func = rows  # the embedding quantizes just the rows it reads
+            else:
+                args = tuple(rt._weight(a) if id(a) in wmap else a for a in args)
+                kwargs = {k: rt._weight(v) if id(v) in wmap else v for k, v in kwargs.items()}
         if not (rt.pre_points or rt.post_points) or is_shape_arithmetic(args, kwargs):
             return func(*args, **kwargs)
-        name = rt._next_op_name(func)
+        name = rt._next_op_name(op)
         pre = rt.pre_points.get(name)
         if pre:
             args, kwargs = _map_ports(args, kwargs, {port: rt._chain(e) for port, e in pre.items()})
@@ -263,6 +268,28 @@ class HookRuntime(nn.Module):
             for m in modules:
                 x = m(x)
             return x
+
+        return run
+
+    def _embedding_rows(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[..., Any] | None:
+        """For an ``embedding`` op whose table has one inserted module that can transform just
+        the rows read (``embedding_rows``), a replacement for the op; else ``None``."""
+        if op_base_name(func) != "embedding" or len(args) < 2 or id(args[1]) not in self._by_param:
+            return None
+        entries = self._by_param[id(args[1])]
+        module = self.module_at(entries[0]) if len(entries) == 1 else None
+        rows_fn = getattr(module, "embedding_rows", None)
+        if rows_fn is None:
+            return None
+
+        def run(*a: Any, **k: Any) -> Any:
+            out = rows_fn(func, a, k)
+            if out is None:  # not applicable after all: transform the whole table
+                a = tuple(self._weight(x) if id(x) in self._by_param else x for x in a)
+                return func(*a, **k)
+            return out
 
         return run
 

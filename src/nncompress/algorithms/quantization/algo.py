@@ -60,7 +60,9 @@ class QuantizationBuilder(BaseBuilder):
             name = p.point.target if p.point.target_type is not TargetType.WEIGHT else p.consumers[0]
             q = FakeQuantizer(p.params, name, p.group, p.channel_axis, p.num_channels)
             weight_name = f"{p.point.target}.{p.point.param}".lstrip(".")
-            local = p.point.target_type is TargetType.WEIGHT and weight_name in owner_only
+            # embedding tables go through the hook mode, which quantizes only the rows looked up
+            reads_rows = graph.nodes[p.consumers[0]].op == "embedding" if p.consumers else False
+            local = p.point.target_type is TargetType.WEIGHT and weight_name in owner_only and not reads_rows
             layout.register(InsertionCommand(p.point, q, self.algorithm, Priority.QUANTIZATION, local))
             self._quantizers.append(q)
         return layout

@@ -25,6 +25,7 @@ from nncompress.functional.quantize import (
     dequantize,
     fake_quantize,
     fake_quantize_learnable,
+    fake_quantize_rows_learnable,
     integer_range,
     lsq_grad_factor,
     quantize,
@@ -158,6 +159,30 @@ class FakeQuantizer(nn.Module):
                                       validate=not self._validated)
         self._validated = True
         return out
+
+    def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Run an ``embedding`` op reading this quantizer's weight, quantizing only the rows it reads.
+
+        Same values and gradients as quantizing the whole table first (per-row steps, symmetric),
+        at the cost of the looked-up rows. ``None`` when that does not apply (asymmetric, not
+        per row, ``max_norm``, disabled, collecting): the caller then quantizes the whole weight.
+        """
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        if (self._collecting or not self.enabled or not self.symmetric or self.axis != 0
+                or kwargs.get("max_norm") is not None or (len(args) > 3 and args[3] is not None)
+                or not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32):
+            return None
+        if self._levels is None:
+            if not bool(self.initialized):
+                self._init_from(weight)
+            self._levels = self.levels
+        qmin, qmax = self._levels
+        rows = func(*args, **kwargs)  # (..., d), gradients flow to the rows read
+        ids = args[0] if args else kwargs["input"]
+        step = self.scale.abs().clamp_min(_MIN_SCALE).unsqueeze(1)  # (num_rows, 1)
+        row_scale = torch.nn.functional.embedding(ids, step)  # (..., 1)
+        return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax,
+                                            lsq_grad_factor(max(int(weight.shape[1]), 1), qmax))
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
