@@ -15,10 +15,6 @@ from tests.algorithms.helpers import sparsity_config
 from tests.model_zoo import ResidualCNN
 
 
-def _effective_level(ctrl) -> float:  # type: ignore[no-untyped-def]
-    return ctrl.compression_rate
-
-
 def _max_level_error(ctrl) -> float:  # type: ignore[no-untyped-def]
     """One element of rounding per layer at most."""
     return 1.0 / min(r.mask.mask.numel() for r in ctrl.sparsified_weights) + 1e-9
@@ -46,7 +42,7 @@ def test_schedule_levels_follow_the_formula(cnn: ResidualCNN, params: dict, form
         expected = formula(epoch)
         assert ctrl.scheduler.current_level == pytest.approx(expected, abs=1e-12)
         assert ctrl.statistics().magnitude_sparsity.current_level == pytest.approx(expected, abs=1e-12)
-        assert abs(_effective_level(ctrl) - expected) <= _max_level_error(ctrl) * 2
+        assert abs(ctrl.compression_rate - expected) <= _max_level_error(ctrl) * 2
 
 
 def test_stage_goes_uncompressed_partially_fully(cnn: ResidualCNN) -> None:
@@ -64,23 +60,22 @@ def test_stage_goes_uncompressed_partially_fully(cnn: ResidualCNN) -> None:
 def test_per_step_updates_with_and_without_steps_per_epoch(cnn: ResidualCNN) -> None:
     base = {"sparsity_init": 0.0, "sparsity_target": 0.8, "sparsity_target_epoch": 2, "power": 1,
             "concave": False, "update_per_optimizer_step": True}
-    ctrl, _ = nnc.create_compressed_model(cnn, sparsity_config({**base, "steps_per_epoch": 4}))
-    levels = []
-    for _ in range(2):
-        ctrl.scheduler.epoch_step()
-        for _ in range(4):
-            ctrl.scheduler.step()
-            levels.append(ctrl.scheduler.current_level)
-    assert levels == pytest.approx([0.8 * i / 8 for i in range(8)])
+
+    def levels_per_step(config: nnc.CompressionConfig, model: ResidualCNN) -> list[float]:
+        ctrl, _ = nnc.create_compressed_model(model, config)
+        levels = []
+        for _ in range(2):  # 2 epochs of 4 steps
+            ctrl.scheduler.epoch_step()
+            for _ in range(4):
+                ctrl.scheduler.step()
+                levels.append(ctrl.scheduler.current_level)
+        return levels
+
+    given = levels_per_step(sparsity_config({**base, "steps_per_epoch": 4}), cnn)
+    assert given == pytest.approx([0.8 * i / 8 for i in range(8)])
     # steps_per_epoch measured during the first epoch: per-step updates start in the second
-    ctrl2, _ = nnc.create_compressed_model(ResidualCNN(), sparsity_config(base))
-    seen = []
-    for _ in range(2):
-        ctrl2.scheduler.epoch_step()
-        for _ in range(4):
-            ctrl2.scheduler.step()
-            seen.append(ctrl2.scheduler.current_level)
-    assert seen[:4] == [0.0] * 4 and seen[4:] == pytest.approx([0.4, 0.5, 0.6, 0.7])
+    measured = levels_per_step(sparsity_config(base), ResidualCNN())
+    assert measured[:4] == [0.0] * 4 and measured[4:] == pytest.approx([0.4, 0.5, 0.6, 0.7])
 
 
 def test_masks_only_recomputed_when_level_changes(cnn: ResidualCNN, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,6 +76,7 @@ class FakeQuantizer(nn.Module):
         self._reduce_mode = "extremes"
         self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
         self._validated = False
+        self._grad_factors: dict[int, float] = {}  # elements per step -> LSQ factor, for the current qmax
         self._dq: Int8Weight | None = None
 
     @property
@@ -120,6 +121,7 @@ class FakeQuantizer(nn.Module):
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
             self.initialized.fill_(True)
             self._levels = None
+            self._grad_factors.clear()  # they depend on qmax
 
     def _collect(self, x: torch.Tensor) -> None:
         if self._collector is None:
@@ -152,7 +154,9 @@ class FakeQuantizer(nn.Module):
             self._levels = self.levels
         qmin, qmax = self._levels
         per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
-        grad_factor = lsq_grad_factor(max(per_step, 1), qmax)
+        grad_factor = self._grad_factors.get(per_step)
+        if grad_factor is None:  # once per input size: this runs on every forward
+            grad_factor = self._grad_factors[per_step] = lsq_grad_factor(max(per_step, 1), qmax)
         scale = self.scale.abs().clamp_min(_MIN_SCALE)
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
         out = fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor,
@@ -187,6 +191,7 @@ class FakeQuantizer(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._levels = None  # signedness may have changed
+        self._grad_factors.clear()
 
     def _init_from(self, x: torch.Tensor) -> None:
         """No range initialisation ran: take the range of the first tensor seen."""
