@@ -13,6 +13,11 @@ The training-time flow, compatible with NNCF 2.x configs::
             loss = criterion(model(x), y) + ctrl.loss()
             ...
     ctrl.export_model("model.onnx")
+
+Post-training INT8 quantization from unlabeled samples::
+
+    q = nnc.quantize(model, nnc.Dataset(loader, lambda batch: batch[0]), subset_size=300)
+    nnc.export_model(q, "model_int8.onnx")
 """
 
 from nncompress.api.compression import (
@@ -25,7 +30,17 @@ from nncompress.api.compression import (
 )
 from nncompress.api.statistics import CompressionStatistics, NNCFStatistics
 from nncompress.config import CompressionConfig
+from nncompress.handles import compression_controller, export_model, strip
 from nncompress.model_creation import create_compressed_model, register_default_init_args
+from nncompress.ptq import (
+    AdvancedQuantizationParameters,
+    Dataset,
+    IgnoredScope,
+    ModelType,
+    QuantizationPreset,
+    TargetDevice,
+    quantize,
+)
 
 NNCFConfig = CompressionConfig
 """The name NNCF 2.x used for :class:`CompressionConfig`."""
@@ -33,6 +48,7 @@ NNCFConfig = CompressionConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdvancedQuantizationParameters",
     "CompressionAlgorithmBuilder",
     "CompressionAlgorithmController",
     "CompressionConfig",
@@ -40,9 +56,18 @@ __all__ = [
     "CompressionScheduler",
     "CompressionStage",
     "CompressionStatistics",
+    "Dataset",
+    "IgnoredScope",
+    "ModelType",
     "NNCFConfig",
     "NNCFStatistics",
+    "QuantizationPreset",
     "StripFormat",
+    "TargetDevice",
+    "compression_controller",
     "create_compressed_model",
+    "export_model",
+    "quantize",
     "register_default_init_args",
+    "strip",
 ]

@@ -13,6 +13,7 @@ from nncompress.api.compression import CompressionAlgorithmController
 from nncompress.composite import CompositeCompressionAlgorithmBuilder
 from nncompress.config import AlgorithmSection, CompressionConfig
 from nncompress.errors import CompressionStateError, ConfigError, InputInfoError, InvalidArgumentError
+from nncompress.handles import register_controller
 from nncompress.torch.inputs import inputs_from_infos, split_batch
 from nncompress.torch.runtime import get_runtime, remove_runtime
 
@@ -85,6 +86,7 @@ def create_compressed_model(
     except BaseException:
         remove_runtime(model)
         raise
+    register_controller(model, ctrl)
     return ctrl, model
 
 

@@ -35,7 +35,8 @@ class Priority(IntEnum):
 
     PRUNING = 0
     SPARSIFICATION = 1
-    QUANTIZATION = 2
+    SMOOTHING = 2
+    QUANTIZATION = 3
 
 
 @dataclass(frozen=True)

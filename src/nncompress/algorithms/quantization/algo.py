@@ -33,7 +33,7 @@ from nncompress.torch.runtime import get_runtime
 
 from ..base import BaseBuilder, BaseController
 from .params import QuantizationParams
-from .placement import place_quantizers
+from .placement import PlacementRules, QuantizerPlacement, place_quantizers
 from .quantizers import FakeQuantizer, NativeFakeQuantize
 from .scheduler import DEFAULT_START_EPOCH, StagedQuantizationScheduler
 from .statistics import QuantizationStatistics
@@ -45,17 +45,22 @@ class QuantizationBuilder(BaseBuilder):
     algorithm = "quantization"
     priority = Priority.QUANTIZATION
 
-    def __init__(self, section: AlgorithmSection, context: Any) -> None:
+    def __init__(self, section: AlgorithmSection, context: Any, rules: PlacementRules | None = None) -> None:
         super().__init__(section, context)
         self.params = QuantizationParams.from_section(section)
+        self.rules = rules
         self._quantizers: list[FakeQuantizer] = []
+        self.placements: list[QuantizerPlacement] = []
+        self.weight_of: dict[int, str] = {}  # id of a weight quantizer -> qualified name of its weight
 
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
         graph = self._context.graph_for(model)
-        placements, self.report = place_quantizers(graph, self._section, self.params)
+        placements, self.report = place_quantizers(graph, self._section, self.params, self.rules)
+        self.placements = placements
         owner_only = graph.owner_only_weights()
         layout = TransformationLayout()
         self._quantizers = []
+        self.weight_of = {}
         for p in placements:
             name = p.point.target if p.point.target_type is not TargetType.WEIGHT else p.consumers[0]
             q = FakeQuantizer(p.params, name, p.group, p.channel_axis, p.num_channels)
@@ -65,6 +70,8 @@ class QuantizationBuilder(BaseBuilder):
             local = p.point.target_type is TargetType.WEIGHT and weight_name in owner_only and not reads_rows
             layout.register(InsertionCommand(p.point, q, self.algorithm, Priority.QUANTIZATION, local))
             self._quantizers.append(q)
+            if p.point.target_type is TargetType.WEIGHT:
+                self.weight_of[id(q)] = weight_name
         return layout
 
     def build_controller(self, model: nn.Module) -> QuantizationController:
@@ -80,14 +87,18 @@ class QuantizationBuilder(BaseBuilder):
         pending = []
         for q in self._quantizers:
             r = self.params.range_init_for(q.name, q.group)
-            if r is not None and r.num_init_samples > 0:
-                q.start_collecting(r.type_for(q.group), r.min_percentile, r.max_percentile)
+            if r is None or r.num_init_samples <= 0:
+                continue
+            q.start_collecting(r.type_for(q.group), r.min_percentile, r.max_percentile)
+            if id(q) in self.weight_of:  # a weight is the same in every batch: its statistics once
+                q(model.get_parameter(self.weight_of[id(q)]).detach())
+                q.finish_collecting()
+            else:
                 pending.append((q, r.num_init_samples))
         if not pending:
             return
         data = self._context.init_data
-        needs_data = any(q.group == "activations" for q, _ in pending)
-        if data is None and needs_data:
+        if data is None:
             for q, _ in pending:
                 q.finish_collecting()
             raise InitDataError(
@@ -95,9 +106,6 @@ class QuantizationBuilder(BaseBuilder):
                 "init_data (pass it to create_compressed_model or register_default_init_args), or set "
                 '"initializer": {"range": {"num_init_samples": 0}} to take ranges from the first batch'
             )
-        if data is None:  # weights only: one pass on the example input gives their ranges
-            args, kwargs = self._context.example_inputs
-            data = [kwargs] if kwargs and not args else [tuple(args)]
         was_training = model.training
         model.eval()
         try:

@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from nncompress.config import AlgorithmSection
 from nncompress.graph.capture import CapturedGraph, OpNode
@@ -32,6 +33,26 @@ ACTIVATION_OPS = frozenset({
 })  # fmt: skip
 _FUSED_AFTER_CONV = frozenset({"batch_norm", "relu", "relu_", "relu6", "hardtanh", "silu", "gelu"})
 _CONV = frozenset(op for op in WEIGHT_OPS if op.startswith("conv"))
+_MATMUL = frozenset({"matmul", "mm", "bmm", "baddbmm"})
+
+
+@dataclass(frozen=True)
+class PlacementRules:
+    """Choices beyond the config section, set by post-training quantization.
+
+    :param skip_op: returns why an op is left unquantized (its weight and inputs), or ``None``.
+    :param quantize_adds: quantize the inputs of element-wise ``add`` of two activations
+        (integer adds in CNNs; the residual stream of a transformer is better left in float).
+    :param quantize_activation_matmuls: quantize ``matmul``/``bmm`` of two activations
+        (attention scores and context).
+    :param input_point_ops: ops whose activation inputs get a quantizer of their own at the
+        input port instead of one shared at the producer's output (SmoothQuant scales sit there).
+    """
+
+    skip_op: Callable[[OpNode], str | None] | None = None
+    quantize_adds: bool = True
+    quantize_activation_matmuls: bool = True
+    input_point_ops: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -63,14 +84,19 @@ def _weight_axis(node: OpNode, port: int, ndim: int) -> int:
 
 
 def place_quantizers(
-    graph: CapturedGraph, section: AlgorithmSection, params: QuantizationParams
+    graph: CapturedGraph, section: AlgorithmSection, params: QuantizationParams, rules: PlacementRules | None = None
 ) -> tuple[list[QuantizerPlacement], CaptureReport]:
     """All quantizers for the graph, and a report of every potential place with its outcome."""
     validate_scopes(graph, section)
+    rules = rules or PlacementRules()
     report = CaptureReport(section.algorithm, subject="potential quantizer places (weights, op inputs)")
     placements: list[QuantizerPlacement] = []
 
     def skip_reason(name: str, group: str) -> str | None:
+        if rules.skip_op is not None:
+            why = rules.skip_op(graph.nodes[name])
+            if why is not None:
+                return why
         hit = next((p for p in section.ignored_scopes if scope_matches(name, p)), None)
         if hit is not None:
             return f"matches ignored_scopes entry {hit!r}"
@@ -96,7 +122,7 @@ def place_quantizers(
                 TargetPoint(TargetType.WEIGHT, w.module, param=w.param), "weights", qp, axis,
                 w.shape[axis] if axis is not None else 1, (node.name,),
             ))
-    placements += _place_activations(graph, section, params, report, skip_reason)
+    placements += _place_activations(graph, section, params, rules, report, skip_reason)
     if params.quantize_outputs:
         taken = {p.point.target for p in placements if p.point.target_type is TargetType.OPERATION_OUTPUT}
         for producer in graph.outputs:
@@ -112,7 +138,7 @@ def place_quantizers(
     return placements, report
 
 
-def _place_activations(graph, section, params, report, skip_reason) -> list[QuantizerPlacement]:  # type: ignore[no-untyped-def]
+def _place_activations(graph, section, params, rules, report, skip_reason) -> list[QuantizerPlacement]:  # type: ignore[no-untyped-def]
     consumers = graph.consumers()
     placed: dict[str, int] = {}  # producer -> index in out
     out: list[QuantizerPlacement] = []
@@ -123,13 +149,14 @@ def _place_activations(graph, section, params, report, skip_reason) -> list[Quan
         data_ports = [p for p in range(len(node.inputs)) if p not in weight_ports]
         if node.op in ("add", "iadd") and len(data_ports) < 2:
             continue  # x + constant: not an integer kernel
+        own_port = node.name in rules.input_point_ops
         for port in data_ports:
             producer = node.inputs[port]
             label = f"input {port} from {producer or 'a constant'}"
             reason = skip_reason(node.name, "activations")
             if reason is None:
-                reason = _activation_skip(graph, node, port, producer, params, consumers)
-            if reason is None and producer in placed:
+                reason = _rule_skip(node, rules) or _activation_skip(graph, node, port, producer, params, consumers)
+            if reason is None and producer in placed and not own_port:
                 i = placed[producer]
                 out[i] = QuantizerPlacement(out[i].point, "activations", out[i].params, None, 1,
                                             (*out[i].consumers, node.name))
@@ -143,13 +170,21 @@ def _place_activations(graph, section, params, report, skip_reason) -> list[Quan
                 continue
             assert producer is not None
             single_output = producer.startswith("@") or len(graph.nodes[producer].output_shapes) == 1
-            if single_output and not producer.startswith("@"):
+            if single_output and not producer.startswith("@") and not own_port:
                 point = TargetPoint(TargetType.OPERATION_OUTPUT, producer)
                 placed[producer] = len(out)
             else:  # a model input or one output of several: quantize at this consumer's input
                 point = TargetPoint(TargetType.OPERATION_INPUT, node.name, port=port)
             out.append(QuantizerPlacement(point, "activations", qp, None, 1, (node.name,)))
     return out
+
+
+def _rule_skip(node: OpNode, rules: PlacementRules) -> str | None:
+    if node.op in ("add", "iadd") and not rules.quantize_adds:
+        return "residual add left in float (transformer placement)"
+    if node.op in _MATMUL and not node.weights and not rules.quantize_activation_matmuls:
+        return "matmul of two activations (attention) left in float"
+    return None
 
 
 def _activation_skip(
