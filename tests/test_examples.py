@@ -25,3 +25,14 @@ def test_qat_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     module.main(str(tmp_path))
     assert (tmp_path / "digits_int8.onnx").exists() and (tmp_path / "checkpoint.pt").exists()
     assert "INT8 QAT accuracy" in capsys.readouterr().out
+
+
+def test_ptq_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("digits_ptq", EXAMPLES / "digits_ptq.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(str(tmp_path))
+    assert (tmp_path / "digits_ptq_int8.onnx").exists()
+    out = capsys.readouterr().out
+    assert "INT8 post-training accuracy" in out and "INT8 after one QAT epoch" in out
