@@ -3,7 +3,8 @@
 Defaults: 8 bits; ``preset`` ``performance`` (all symmetric) or ``mixed`` (asymmetric
 activations); weights per-channel, signed, narrow range ([-127, 127] at 8 bits, so the grid is
 symmetric and BatchNorm folding keeps it exact); activations per-tensor with signedness taken
-from the statistics (unsigned after a ReLU); inputs quantized, outputs not; range init
+from the statistics (unsigned after a ReLU) when symmetric, unsigned (uint8 with a zero point)
+when asymmetric; inputs quantized, outputs not; range init
 ``mixed_min_max`` (weights ``min_max``, activations ``mean_min_max``) on 256 samples.
 """
 
@@ -170,6 +171,11 @@ class QuantizationParams:
         for scope, values in overrides.items():
             if scope_matches(name, scope):
                 base = base.overridden(values)
+        if not base.symmetric and base.signed is None:
+            # a zero point covers any range with either signedness (same grid); onnxruntime's
+            # integer MatMul wants uint8 activations and converts int8 ones only where the
+            # QuantizeLinear feeds a single DequantizeLinear
+            base = replace(base, signed=False)
         return base
 
     def in_group_scope(self, name: str, group: str) -> str | None:
