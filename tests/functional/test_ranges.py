@@ -325,6 +325,21 @@ def test_non_finite_batch_is_refused(bad: float) -> None:
     check_finite(torch.ones(2), "fine")
 
 
+@pytest.mark.parametrize("range_type", RANGE_TYPES)
+@pytest.mark.parametrize("use_abs_max", [False, True])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_batch_leaves_the_collector_as_it_was(range_type: str, use_abs_max: bool, bad: float) -> None:
+    c = RangeCollector(range_type, (1,), use_abs_max=use_abs_max)
+    good = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]])
+    c.update(good)
+    before = c.result()
+    with pytest.raises(InvalidArgumentError, match="the batch contains NaN/inf values \\(1 of 6"):
+        c.update(torch.tensor([[1.0, bad, 3.0], [0.5, 0.25, -1.0]]))
+    assert c.num_batches == 1
+    after = c.result()
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
 @pytest.mark.parametrize(("x", "axes", "match"), [
     (torch.arange(4), None, "floating-point"),
     (torch.empty(0, 3), None, "no values"),

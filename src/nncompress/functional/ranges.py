@@ -95,13 +95,19 @@ def _check_percentiles(min_percentile: float, max_percentile: float) -> None:
         )
 
 
-def _to_rows(x: torch.Tensor, reduction_axes: Sequence[int] | None) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Validate ``x`` and view it as ``(C, m)``: one row per kept position, reduced values in it."""
+def _to_rows(
+    x: torch.Tensor, reduction_axes: Sequence[int] | None, finite: bool = True
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Validate ``x`` and view it as ``(C, m)``: one row per kept position, reduced values in it.
+
+    ``finite=False`` skips the finiteness check, for callers whose results reveal NaN/inf anyway.
+    """
     if not x.is_floating_point():
         raise InvalidArgumentError(f"the batch must be a floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 0:
         raise InvalidArgumentError(f"the batch has no values (shape {tuple(x.shape)})")
-    check_finite(x, "the batch")
+    if finite:
+        check_finite(x, "the batch")
     ndim = x.dim()
     axes = list(range(ndim) if reduction_axes is None else reduction_axes)
     span = max(ndim, 1)  # a 0-d tensor has axes 0 and -1, as in torch
@@ -307,7 +313,8 @@ class RangeCollector:
         :raises InvalidArgumentError: for a non-float, empty or non-finite batch (NaN/inf), a bad
             axis, or a batch whose rank or kept sizes differ from the first batch's.
         """
-        rows, kept_shape = _to_rows(x, self.reduction_axes)
+        min_max = self.range_type in ("min_max", "mean_min_max")
+        rows, kept_shape = _to_rows(x, self.reduction_axes, finite=not min_max)  # extremes show NaN/inf
         first = self.num_batches == 0
         if first:
             self._ndim, self._kept_shape = x.dim(), kept_shape
@@ -321,16 +328,21 @@ class RangeCollector:
         rows = rows.to(device=self._device, dtype=self._dtype)
         if self.range_type in ("threesigma", "percentile"):
             self._sample(rows, rows != 0 if self.range_type == "threesigma" else None)
-        elif self.range_type == "min_max":
-            low, high = rows.amin(dim=1), (rows.abs() if self.use_abs_max else rows).amax(dim=1)
-            self._low = low if first else torch.minimum(self._low, low)
-            self._high = high if first else torch.maximum(self._high, high)
-        else:
-            if self.range_type == "mean_min_max":
-                high = (rows.abs() if self.use_abs_max else rows).amax(dim=1)
-                pair = torch.stack([rows.amin(dim=1), high]).double()
+        elif min_max:
+            if self.use_abs_max:
+                low, high = rows.amin(dim=1), rows.abs().amax(dim=1)
             else:
-                pair = _quantiles(rows, [p / 100 for p in self.percentiles])
+                low, high = torch.aminmax(rows, dim=1)
+            if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+                check_finite(x, "the batch")  # raises, counting the bad values
+            if self.range_type == "min_max":
+                self._low = low if first else torch.minimum(self._low, low)
+                self._high = high if first else torch.maximum(self._high, high)
+            else:
+                self._low = low.double() if first else self._low + low.double()
+                self._high = high.double() if first else self._high + high.double()
+        else:
+            pair = _quantiles(rows, [p / 100 for p in self.percentiles])
             self._low = pair[0] if first else self._low + pair[0]
             self._high = pair[1] if first else self._high + pair[1]
         self.num_batches += 1
