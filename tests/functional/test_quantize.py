@@ -278,7 +278,9 @@ def lsq_reference(x, scale, zero_point, qmin, qmax, axis, grad_factor, grad):
 @pytest.mark.parametrize("axis", GRANULARITIES)
 @pytest.mark.parametrize("zp_value", [-3.0, -1.5, 0.0, 2.5, 4.2, 40.0])
 @pytest.mark.parametrize("signed", [True, False])
-def test_fake_quantize_learnable_gradients_match_float64_lsq(axis, zp_value: float, signed: bool) -> None:
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fake_quantize_learnable_gradients_match_float64_lsq(axis, zp_value: float, signed: bool, fixed: bool) -> None:
+    """Learned (float) zero points, and fixed (integer) ones, which take the fast path for float32."""
     qmin, qmax = integer_range(5, signed, narrow_range=False)
     scale, _ = random_qparams(qmin, qmax, False, axis, seed=7)
     zero_point = torch.full(scale.shape, zp_value)
@@ -287,13 +289,15 @@ def test_fake_quantize_learnable_gradients_match_float64_lsq(axis, zp_value: flo
     grad = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))
     factor = lsq_grad_factor(x.numel() // scale.numel(), qmax)
     leaves = [t.clone().requires_grad_() for t in (x, scale, zero_point)]
+    if fixed:
+        leaves[2] = x_zp
     y = fake_quantize_learnable(*leaves, qmin, qmax, axis, grad_factor=factor)
     assert torch.equal(y, fake_quantize(x, scale, x_zp, qmin, qmax, axis))
     y.backward(grad)
-    ref_x, ref_s, ref_z = lsq_reference(x, scale, zero_point, qmin, qmax, axis, factor, grad)
+    ref_x, ref_s, ref_z = lsq_reference(x, scale, leaves[2], qmin, qmax, axis, factor, grad)
     assert leaves[0].grad is not None and torch.equal(leaves[0].grad.double(), ref_x)
     atol = 1e-5 * factor * grad.abs().sum().item()  # float32 sums of float32 terms
-    for got, ref in [(leaves[1].grad, ref_s), (leaves[2].grad, ref_z)]:
+    for got, ref in [(leaves[1].grad, ref_s), (leaves[2].grad, ref_z)][:1 if fixed else 2]:
         assert got is not None and got.shape == ref.shape and got.dtype == torch.float32
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=atol)
 
@@ -408,3 +412,35 @@ def test_learnable_step_gradient_is_accurate_on_large_tensors() -> None:
     assert scale.grad is not None
     # sum(g * y) - sum(g * x) in float32 would be off by about 0.6% here
     assert abs(float(scale.grad) - float(expected)) <= 1e-4 * abs(float(expected))
+
+
+@pytest.mark.parametrize("axis", GRANULARITIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("zero", ["none", "int", "float"])
+def test_min_scale_and_zero_point_none_equal_the_autograd_composition(axis, dtype: torch.dtype, zero: str) -> None:
+    """``min_scale`` and ``zero_point=None`` give bit for bit what autograd's abs, clamp_min and zeros give."""
+    qmin, qmax = integer_range(6, signed=True, narrow_range=False)
+    scale, zp = random_qparams(qmin, qmax, zero == "none", axis, seed=11)
+    raw = -scale  # a step trained negative (|s| is used)
+    if axis is not None:
+        raw[2:] = scale[2:]
+        raw[1] = 1e-12  # below min_scale: no gradient
+    zp = {"none": None, "int": zp, "float": zp.float() + 0.3}[zero]
+    x = off_midpoint_x(scale, torch.zeros_like(scale, dtype=torch.int32) if zp is None else zp.round().int(),
+                       qmin, qmax, axis, seed=12).to(dtype)
+    grad = torch.randn(SHAPE, generator=torch.Generator().manual_seed(13), dtype=dtype)
+    results = []
+    for fused in (True, False):
+        xs, s = x.clone().requires_grad_(), raw.clone().requires_grad_()
+        z = zp.clone().requires_grad_(zp.is_floating_point()) if zp is not None else None
+        if fused:
+            y = fake_quantize_learnable(xs, s, z, qmin, qmax, axis, grad_factor=0.3, min_scale=1e-8)
+        else:
+            z_ref = torch.zeros(scale.shape, dtype=torch.int32) if z is None else z
+            y = fake_quantize_learnable(xs, s.abs().clamp_min(1e-8), z_ref, qmin, qmax, axis, grad_factor=0.3)
+        y.backward(grad)
+        results.append((y.detach(), xs.grad, s.grad, None if z is None else z.grad))
+    for got, ref in zip(*results):
+        assert (got is None and ref is None) or torch.equal(got, ref)
+    if axis is not None:
+        assert results[0][2] is not None and float(results[0][2][1]) == 0.0

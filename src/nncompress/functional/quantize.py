@@ -36,6 +36,7 @@ A typical use::
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -301,14 +302,14 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         qmax: int,
         axis: int | None,
         grad_factor: float,
-        shape: list[int],
+        shape: tuple[int, ...],
     ) -> Tensor:
         zp_used = torch.round(zero_point.detach().float()).clamp(qmin, qmax)
         ctx.save_for_backward(x, scale, zp_used)
         ctx.qrange, ctx.grad_factor, ctx.shape = (qmin, qmax), grad_factor, shape
         ctx.zp_dtype = zero_point.dtype
         # Dimensions that one scale entry covers: all per-tensor, all but ``axis`` per-channel.
-        ctx.dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        ctx.dims = tuple(d for d in range(x.dim()) if axis is None or d != axis % x.dim())
         return _fused_fake_quantize(x, scale, zp_used, qmin, qmax, axis)
 
     @staticmethod
@@ -341,64 +342,79 @@ class _FixedZeroPointLsq(torch.autograd.Function):
     The forward computes exactly what PyTorch's fused kernels compute (``x * (1/s)`` with a
     float32 reciprocal, half-to-even rounding, ``+ z``, clamp, ``(q - z) * s``) with a few
     vectorised tensor ops (about 3x faster than ``fake_quantize_*_cachemask`` on this CPU) and
-    keeps the mask of in-range elements. With it the gradients of :func:`fake_quantize_learnable`
-    are ``dx = g_y * mask`` and ``ds = g * sum(g_y * (y - x * mask)) / s`` (inside the range
-    ``y/s - x/s = round(x/s) - x/s``; outside, ``y/s = q - z`` at the clamped level), so the
-    backward needs no re-quantization.
+    keeps the mask of in-range elements, ``clamp(q) == q``. With it the gradients of
+    :func:`fake_quantize_learnable` are ``dx = g_y * mask`` and
+    ``ds = g * sum(g_y * (y - x * mask)) / s`` (inside the range ``y/s - x/s = round(x/s) - x/s``;
+    outside, ``y/s = q - z`` at the clamped level), so the backward needs no re-quantization.
+
+    ``zero_point=None`` is a zero point known to be 0 (no add and subtract). With ``min_scale``
+    the step used is ``max(|scale|, min_scale)`` and the gradient goes to ``scale`` through that
+    (as autograd's ``abs`` and ``clamp_min`` would pass it), in this one autograd node.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None,
-        grad_factor: float, shape: list[int], dims: list[int] | None = None,
+        ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: int, qmax: int,
+        view: tuple[int, ...], dims: tuple[int, ...], grad_factor: float, min_scale: float | None = None,
     ) -> Tensor:
         s = scale.detach()
-        view = shape if shape else [1] * x.dim()  # broadcast shape of the per-tensor or per-channel step
-        s_b = s.float().reshape(view)
-        z_b = zero_point.detach().reshape(view).to(x.dtype)
-        q = torch.round(x * torch.reciprocal(s_b)).add_(z_b)
-        mask = (q >= qmin) & (q <= qmax)
-        y = q.clamp_(qmin, qmax).sub_(z_b).mul_(s_b)
-        ctx.save_for_backward(x, y, mask, s)
-        ctx.grad_factor, ctx.shape = grad_factor, shape
-        if dims is None:
-            dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
-        ctx.dims = dims
-        return y  # type: ignore[no-any-return]
+        magnitude = None
+        if min_scale is not None:
+            magnitude = s.abs()
+            s = magnitude.clamp_min(min_scale)
+        s_b = s.reshape(view)  # broadcast shape of the per-tensor or per-channel float32 step
+        q = x * torch.reciprocal(s_b)
+        q.round_()
+        z_b = None
+        if zero_point is not None:
+            z_b = zero_point.detach().reshape(view).to(x.dtype)
+            q.add_(z_b)
+        y = q.clamp(qmin, qmax)
+        mask = y == q  # in range (NaN: not)
+        if z_b is not None:
+            y.sub_(z_b)
+        y.mul_(s_b)
+        ctx.save_for_backward(x, y, mask, s, magnitude, scale if min_scale is not None else None)
+        ctx.grad_factor, ctx.dims, ctx.min_scale = grad_factor, dims, min_scale
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, y, mask, s = ctx.saved_tensors
-        # masked gradient in one pass (no float copy of the bool mask)
-        dx = torch.where(mask, grad, grad.new_zeros(()))
+        x, y, mask, s, magnitude, scale = ctx.saved_tensors
         dscale = None
         if ctx.needs_input_grad[1]:
             # y - x * mask first: inside the range it is the small rounding residual; splitting the
             # sum into sum(g * y) - sum(g * x) would cancel catastrophically in float32.
             residual = torch.where(mask, y - x, y)
             if len(ctx.dims) == x.dim():
-                dscale = torch.dot(grad.reshape(-1), residual.reshape(-1)).reshape(s.shape)
+                dscale = torch.dot(grad.reshape(-1), residual.reshape(-1))
+                dscale = dscale.reshape(s.shape) if s.dim() else dscale
             else:
                 dscale = _sum_to(grad * residual, ctx.dims, s.shape)
             dscale = dscale * ctx.grad_factor / s
-        return (dx if ctx.needs_input_grad[0] else None), dscale, None, None, None, None, None, None, None
+            if magnitude is not None:  # through clamp_min (zero below the bound), then abs
+                dscale = torch.where(magnitude >= ctx.min_scale, dscale, 0.0) * scale.sgn()
+        dx = torch.where(mask, grad, 0.0) if ctx.needs_input_grad[0] else None  # no float copy of the mask
+        return dx, dscale, None, None, None, None, None, None, None
 
 
-def _sum_to(t: Tensor, dims: list[int], shape: torch.Size) -> Tensor:
+def _sum_to(t: Tensor, dims: tuple[int, ...], shape: torch.Size) -> Tensor:
     """Sum ``t`` over ``dims`` (none: no sum, unlike ``Tensor.sum([])``) and reshape to ``shape``."""
-    return (t.sum(dims) if dims else t).reshape(shape)
+    out = t.sum(dims) if dims else t
+    return out if out.shape == shape else out.reshape(shape)
 
 
 def fake_quantize_learnable(
     x: Tensor,
     scale: Tensor,
-    zero_point: Tensor,
+    zero_point: Tensor | None,
     qmin: int,
     qmax: int,
     axis: int | None = None,
     grad_factor: float = 1.0,
     validate: bool = True,
+    min_scale: float | None = None,
 ) -> Tensor:
     """:func:`fake_quantize` whose step (and float zero point) learn: LSQ (Esser et al., 2020), LSQ+.
 
@@ -430,29 +446,64 @@ def fake_quantize_learnable(
     :param x: floating-point tensor of any shape.
     :param scale: step ``s`` (a parameter), float, shape as in the module table.
     :param zero_point: float :math:`z_f` (learned; any value, clamped as above) or an integer ``z``
-        in ``[qmin, qmax]`` (fixed, no gradient); shape of ``scale``.
+        in ``[qmin, qmax]`` (fixed, no gradient); shape of ``scale``. ``None``: a fixed zero point 0.
     :param qmin: lowest level, ``<= 0``.
     :param qmax: highest level, ``> 0``.
     :param axis: ``None`` per-tensor, else the channel axis of ``x``.
     :param grad_factor: ``g`` above, a finite float ``> 0``.
     :param validate: check the arguments (one device synchronisation); callers that checked them
         once and keep them fixed (the fake-quantizer modules) pass ``False`` on later calls.
+    :param min_scale: if given, the step is :math:`s = \\max(|scale|, min\\_scale)`, and ``scale``
+        gets the gradient of that (as from ``scale.abs().clamp_min(min_scale)``, the same values
+        without two extra autograd nodes): a step that training drives negative stays usable.
     :return: a tensor of ``x``'s shape and dtype.
-    :raises InvalidArgumentError: as :func:`quantize`, or for a bad ``grad_factor``.
+    :raises InvalidArgumentError: as :func:`quantize`, or for a bad ``grad_factor`` or ``min_scale``.
     """
     if validate:
-        _check_input(x, qmin, qmax)
-        if not 0.0 < grad_factor < math.inf:
-            raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
-        qrange = None if zero_point.is_floating_point() else (qmin, qmax)
-        shape = _check_qparams(x, scale, zero_point, axis, qrange)
-    else:
-        shape = [] if axis is None else [x.shape[axis] if d == axis % x.dim() else 1 for d in range(x.dim())]
-    function: type[torch.autograd.Function] = _LearnableFakeQuantize
-    if not zero_point.is_floating_point() and x.dtype == torch.float32 and scale.dtype == torch.float32:
-        function = _FixedZeroPointLsq  # same values and gradients, one fused pass
-    out: Tensor = function.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, shape)
+        _check_learnable(x, scale, zero_point, qmin, qmax, axis, grad_factor, min_scale)
+    view, dims = _geometry(x.shape, axis)
+    if (x.dtype == torch.float32 and scale.dtype == torch.float32
+            and (zero_point is None or not zero_point.is_floating_point())):
+        # same values and gradients as the general function, in fewer tensor passes
+        out: Tensor = _FixedZeroPointLsq.apply(x, scale, zero_point, qmin, qmax, view, dims, grad_factor, min_scale)
+        return out
+    if min_scale is not None:
+        scale = scale.abs().clamp_min(min_scale)
+    if zero_point is None:
+        zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    out = _LearnableFakeQuantize.apply(x, scale, zero_point, qmin, qmax, axis, grad_factor, view)
     return out
+
+
+def _check_learnable(
+    x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: int, qmax: int, axis: int | None,
+    grad_factor: float, min_scale: float | None,
+) -> None:
+    """The checks of :func:`fake_quantize_learnable` (one device synchronisation)."""
+    _check_input(x, qmin, qmax)
+    if not 0.0 < grad_factor < math.inf:
+        raise InvalidArgumentError(f"grad_factor must be a finite float > 0, got {grad_factor!r}")
+    if min_scale is not None:
+        if not 0.0 < min_scale < math.inf:
+            raise InvalidArgumentError(f"min_scale must be None or a finite float > 0, got {min_scale!r}")
+        scale = scale.detach().abs().clamp_min(min_scale)
+    if zero_point is None:
+        zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    qrange = None if zero_point.is_floating_point() else (qmin, qmax)
+    _check_qparams(x, scale, zero_point, axis, qrange)
+
+
+@functools.lru_cache(maxsize=512)
+def _geometry(shape: torch.Size, axis: int | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Broadcast shape of the step against ``x`` of ``shape``, and the dimensions one step covers.
+
+    :return: ``(view, dims)``: per-tensor ``(1, ..., 1)`` and all dimensions; per-channel
+        ``x.shape[axis]`` at ``axis`` and every other dimension.
+    """
+    ndim = len(shape)
+    a = None if axis is None else axis % ndim
+    view = tuple(shape[d] if d == a else 1 for d in range(ndim))
+    return view, tuple(d for d in range(ndim) if d != a)
 
 
 def fake_quantize_rows_learnable(
@@ -472,9 +523,8 @@ def fake_quantize_rows_learnable(
     :param grad_factor: LSQ's step-gradient factor.
     :return: the fake-quantized rows.
     """
-    zero = torch.zeros(row_scale.shape, dtype=torch.int32, device=rows.device)
     out: Tensor = _FixedZeroPointLsq.apply(
-        rows, row_scale, zero, qmin, qmax, None, grad_factor, list(row_scale.shape), [rows.dim() - 1]
+        rows, row_scale, None, qmin, qmax, row_scale.shape, (rows.dim() - 1,), grad_factor
     )
     return out
 

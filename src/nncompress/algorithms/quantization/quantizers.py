@@ -76,7 +76,8 @@ class FakeQuantizer(nn.Module):
         self._reduce_mode = "extremes"
         self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
         self._validated = False
-        self._grad_factors: dict[int, float] = {}  # elements per step -> LSQ factor, for the current qmax
+        self._grad_factors: dict[torch.Size, float] = {}  # input shape -> LSQ factor, for the current qmax
+        self._zero_is_zero = False  # cached with ``_levels``: a symmetric quantizer's zero point is 0
         self._dq: Int8Weight | None = None
 
     @property
@@ -152,15 +153,17 @@ class FakeQuantizer(nn.Module):
             if not bool(self.initialized):
                 self._init_from(x)
             self._levels = self.levels
+            self._zero_is_zero = self.symmetric and not bool(self.zero_point.any())
         qmin, qmax = self._levels
-        per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
-        grad_factor = self._grad_factors.get(per_step)
-        if grad_factor is None:  # once per input size: this runs on every forward
-            grad_factor = self._grad_factors[per_step] = lsq_grad_factor(max(per_step, 1), qmax)
-        scale = self.scale.abs().clamp_min(_MIN_SCALE)
+        grad_factor = self._grad_factors.get(x.shape)
+        if grad_factor is None:  # once per input shape: this runs on every forward
+            per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
+            grad_factor = self._grad_factors[x.shape] = lsq_grad_factor(max(per_step, 1), qmax)
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
-        out = fake_quantize_learnable(x, scale, self.zero_point, qmin, qmax, self.axis, grad_factor,
-                                      validate=not self._validated)
+        # a zero point known to be 0 is passed as None: the math then skips adding and subtracting it
+        zero_point = None if self._zero_is_zero else self.zero_point
+        out = fake_quantize_learnable(x, self.scale, zero_point, qmin, qmax, self.axis, grad_factor,
+                                      validate=not self._validated, min_scale=_MIN_SCALE)
         self._validated = True
         return out
 
