@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
+from torch.overrides import _get_current_function_mode as _current_mode
 
 from nncompress.api.compression import StripFormat
 from nncompress.errors import InvalidArgumentError
@@ -44,10 +45,10 @@ class _HookMode(TorchFunctionMode):
         rt = self.rt
         if kwargs is None:
             kwargs = {}
-        if rt._internal:  # an inserted module running from a hook: not the model's own op
+        if rt._fw.internal:  # an inserted module running from a hook: not the model's own op
             return func(*args, **kwargs)
         op = func  # names the op even when ``func`` is replaced below
-        wmap = rt._by_param
+        wmap = rt._fw.by_param
         if wmap and _reads_any(wmap, args, kwargs):
             rows = rt._embedding_rows(func, args, kwargs)
             if rows is not None:
@@ -102,6 +103,25 @@ def _map_ports(
     return new_args, new_kwargs
 
 
+class _ForwardState:
+    """What one forward of the model needs; a plain object, as ``nn.Module.__setattr__`` is slow."""
+
+    __slots__ = ("mode", "by_param", "by_owner", "swapped", "internal", "weight_cache", "scopes", "stack",
+                 "counters", "depth")
+
+    def __init__(self, depth: int = 0) -> None:
+        self.mode: _HookMode | None = None
+        self.by_param: dict[int, list[Entry]] = {}
+        self.by_owner: dict[nn.Module, list[tuple[str, list[Entry]]]] = {}
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self.internal = False
+        self.weight_cache: dict[int, torch.Tensor] = {}
+        self.scopes: dict[nn.Module, tuple[str, str]] = {}
+        self.stack: list[nn.Module] = []
+        self.counters: dict[tuple[str, str], int] = {}
+        self.depth = depth
+
+
 class HookRuntime(nn.Module):
     """Holds inserted modules by group and point, and runs them during the forward.
 
@@ -117,25 +137,12 @@ class HookRuntime(nn.Module):
         # Weights read only by ops of their owning module: swapped in by that module's hooks,
         # which is cheaper than intercepting every op of the forward.
         self.owner_local: set[str] = set()
-        self._depth = 0
-        self._reset_forward_state()
-
-    def _reset_forward_state(self) -> None:
-        self._mode: _HookMode | None = None
-        self._by_param: dict[int, list[Entry]] = {}
-        self._by_owner: dict[nn.Module, list[tuple[str, list[Entry]]]] = {}
-        self._swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
-        self._internal = False
-        self._weight_cache: dict[int, torch.Tensor] = {}
-        self._scopes: dict[nn.Module, tuple[str, str]] = {}
-        self._stack: list[nn.Module] = []
-        self._counters: dict[tuple[str, str], int] = {}
+        self._fw = _ForwardState()
 
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy / pickle: per-forward state is not copied.
         state = self.__dict__.copy()
-        state.update(_mode=None, _internal=False, _by_param={}, _by_owner={}, _swapped=[], _weight_cache={},
-                     _scopes={}, _stack=[], _counters={}, _depth=0)
+        state["_fw"] = _ForwardState()
         return state
 
     @property
@@ -187,34 +194,35 @@ class HookRuntime(nn.Module):
 
     def enter(self, root: nn.Module, args: Any) -> None:
         """Forward pre-hook of the model: map parameters to their modules, activate the hook mode."""
-        self._depth += 1
-        if self._depth > 1:
+        fw = self._fw
+        fw.depth += 1
+        if fw.depth > 1:
             return
         for name, entries in self.weight_points.items():
             owner_name, _, pname = name.rpartition(".")
             owner = root.get_submodule(owner_name)
             if name in self.owner_local:
-                self._by_owner.setdefault(owner, []).append((pname, entries))
+                fw.by_owner.setdefault(owner, []).append((pname, entries))
             else:
-                self._by_param[id(owner._parameters[pname])] = entries
+                fw.by_param[id(owner._parameters[pname])] = entries
         if self.op_points:
-            self._scopes = module_scopes(root, skip=self)
-            self._stack = [root]
-        if self._by_param or self.op_points:
-            self._mode = _HookMode(self)
-            self._mode.__enter__()
+            fw.scopes = module_scopes(root, skip=self)
+            fw.stack = [root]
+        if fw.by_param or self.op_points:
+            fw.mode = _HookMode(self)
+            fw.mode.__enter__()
 
     def exit(self, root: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook of the model (runs even if the forward raised)."""
-        self._depth -= 1
-        if self._depth > 0:
+        fw = self._fw
+        fw.depth -= 1
+        if fw.depth > 0:
             return
-        mode = self._mode
-        for module, pname, param in reversed(self._swapped):  # the root's own weights, if any
+        for module, pname, param in reversed(fw.swapped):  # the root's own weights, if any
             module._parameters[pname] = param  # type: ignore[assignment]
-        self._reset_forward_state()
-        if mode is not None:
-            mode.__exit__(None, None, None)
+        self._fw = _ForwardState()
+        if fw.mode is not None:
+            fw.mode.__exit__(None, None, None)
 
     def swap_in(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of a module owning owner-local weights: use the transformed weights.
@@ -222,10 +230,16 @@ class HookRuntime(nn.Module):
         For the duration of the module's forward, ``module._parameters[name]`` holds the
         transformed tensor (computed from the parameter, so gradients reach the parameter).
         """
-        owned = self._by_owner.get(module)
+        fw = self._fw
+        owned = fw.by_owner.get(module)
         if not owned:
             return
-        self._internal = True  # the hook mode, if active, must not count these ops as the model's
+        # The hook mode, if active, must not count these ops as the model's. When it is the
+        # innermost mode it is left for the duration (cheaper than letting it see every op).
+        popped = fw.mode is not None and _current_mode() is fw.mode
+        if popped:
+            _pop_mode()
+        fw.internal = True
         try:
             for pname, entries in owned:
                 param = module._parameters[pname]
@@ -233,32 +247,38 @@ class HookRuntime(nn.Module):
                 weight: torch.Tensor = param
                 for entry in entries:
                     weight = self.module_at(entry)(weight)
-                self._swapped.append((module, pname, param))
+                fw.swapped.append((module, pname, param))
                 module._parameters[pname] = weight  # type: ignore[assignment]
         finally:
-            self._internal = False
+            fw.internal = False
+            if popped:
+                _push_mode(fw.mode)
 
     def swap_out(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook (runs even if the forward raised): put the parameters back."""
-        while self._swapped and self._swapped[-1][0] is module:
-            _, pname, param = self._swapped.pop()
+        swapped = self._fw.swapped
+        while swapped and swapped[-1][0] is module:
+            _, pname, param = swapped.pop()
             module._parameters[pname] = param  # type: ignore[assignment]
 
     def push_scope(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of every module when operation points exist."""
-        if self._mode is not None and module in self._scopes:
-            self._stack.append(module)
+        fw = self._fw
+        if fw.mode is not None and module in fw.scopes:
+            fw.stack.append(module)
 
     def pop_scope(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook of every module when operation points exist."""
-        if self._mode is not None and self._stack and self._stack[-1] is module:
-            self._stack.pop()
+        fw = self._fw
+        if fw.mode is not None and fw.stack and fw.stack[-1] is module:
+            fw.stack.pop()
 
     def _next_op_name(self, func: Callable[..., Any]) -> str:
-        scope = self._scopes[self._stack[-1]][0]
+        fw = self._fw
+        scope = fw.scopes[fw.stack[-1]][0]
         op = op_base_name(func)
-        index = self._counters.get((scope, op), 0)
-        self._counters[(scope, op)] = index + 1
+        index = fw.counters.get((scope, op), 0)
+        fw.counters[(scope, op)] = index + 1
         return f"{scope}/{op}_{index}"
 
     def _chain(self, entries: list[Entry]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -276,9 +296,10 @@ class HookRuntime(nn.Module):
     ) -> Callable[..., Any] | None:
         """For an ``embedding`` op whose table has one inserted module that can transform just
         the rows read (``embedding_rows``), a replacement for the op; else ``None``."""
-        if op_base_name(func) != "embedding" or len(args) < 2 or id(args[1]) not in self._by_param:
+        by_param = self._fw.by_param
+        if op_base_name(func) != "embedding" or len(args) < 2 or id(args[1]) not in by_param:
             return None
-        entries = self._by_param[id(args[1])]
+        entries = by_param[id(args[1])]
         module = self.module_at(entries[0]) if len(entries) == 1 else None
         rows_fn = getattr(module, "embedding_rows", None)
         if rows_fn is None:
@@ -287,19 +308,20 @@ class HookRuntime(nn.Module):
         def run(*a: Any, **k: Any) -> Any:
             out = rows_fn(func, a, k)
             if out is None:  # not applicable after all: transform the whole table
-                a = tuple(self._weight(x) if id(x) in self._by_param else x for x in a)
+                a = tuple(self._weight(x) if id(x) in by_param else x for x in a)
                 return func(*a, **k)
             return out
 
         return run
 
     def _weight(self, param: torch.Tensor) -> torch.Tensor:
-        cached = self._weight_cache.get(id(param))
+        fw = self._fw
+        cached = fw.weight_cache.get(id(param))
         if cached is None:
             cached = param
-            for entry in self._by_param[id(param)]:
+            for entry in fw.by_param[id(param)]:
                 cached = self.module_at(entry)(cached)
-            self._weight_cache[id(param)] = cached
+            fw.weight_cache[id(param)] = cached
         return cached
 
 
