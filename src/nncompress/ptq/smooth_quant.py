@@ -46,7 +46,7 @@ class ChannelScale(nn.Module):
         """Scale ``x`` (pass it through while collecting)."""
         if self.collecting:
             flat = x.detach().reshape(-1, x.shape[-1])
-            lo, hi = flat.amin(dim=0), flat.amax(dim=0)
+            lo, hi = torch.aminmax(flat, dim=0)
             if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
                 raise InitDataError(
                     f"calibration: the input of {self.name} contains NaN or inf; check the data"
