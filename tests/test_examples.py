@@ -17,22 +17,22 @@ def test_example_configs_load(name: str) -> None:
     assert nnc.CompressionConfig.from_json(EXAMPLES / "configs" / name).algorithm_sections()
 
 
-def test_qat_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("digits_int8_qat", EXAMPLES / "digits_int8_qat.py")
+def _run_example(name: str, out_dir: Path) -> None:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(str(tmp_path))
+    module.main(str(out_dir))
+
+
+def test_qat_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run_example("digits_int8_qat", tmp_path)
     assert (tmp_path / "digits_int8.onnx").exists() and (tmp_path / "checkpoint.pt").exists()
     assert "INT8 QAT accuracy" in capsys.readouterr().out
 
 
 def test_ptq_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("digits_ptq", EXAMPLES / "digits_ptq.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(str(tmp_path))
+    _run_example("digits_ptq", tmp_path)
     assert (tmp_path / "digits_ptq_int8.onnx").exists()
     out = capsys.readouterr().out
     assert "INT8 post-training accuracy" in out and "INT8 after one QAT epoch" in out

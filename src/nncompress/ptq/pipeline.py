@@ -43,13 +43,12 @@ from nncompress.errors import (
     InitDataError,
     InputInfoError,
     InvalidArgumentError,
-    NNCompressError,
 )
 from nncompress.functional.smoothing import scaled_tensor_range
 from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
 from nncompress.handles import register_controller
-from nncompress.torch.calibration import batch_size
+from nncompress.torch.calibration import batch_size, call_model
 from nncompress.torch.inputs import ModelInputs, split_batch
 from nncompress.torch.runtime import apply_layout, get_runtime, remove_runtime
 
@@ -389,12 +388,5 @@ def _run_pass(model: nn.Module, samples: list[ModelInputs], count: int, desc: st
     with tqdm(total=count, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         with torch.inference_mode():
             for i, (args, kwargs) in enumerate(samples):
-                try:
-                    model(*args, **kwargs)
-                except NNCompressError:
-                    raise
-                except Exception as exc:
-                    raise InitDataError(
-                        f"calibration item {i} does not fit the model: {type(exc).__name__}: {exc}"
-                    ) from exc
+                call_model(model, args, kwargs, f"calibration item {i}")
                 bar.update(batch_size(args, kwargs))

@@ -19,6 +19,20 @@ def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     return int(first.shape[0]) if first is not None else 1
 
 
+def call_model(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> Any:
+    """``model(*args, **kwargs)``; a failure other than our own errors becomes an :class:`InitDataError`.
+
+    :param what: names the batch in the message, e.g. ``"init_data batch 3"``.
+    :raises InitDataError: ``"<what> does not fit the model: <error>"``.
+    """
+    try:
+        return model(*args, **kwargs)
+    except NNCompressError:
+        raise
+    except Exception as exc:
+        raise InitDataError(f"{what} does not fit the model: {type(exc).__name__}: {exc}") from exc
+
+
 def forward_batches(
     model: nn.Module, init_data: Iterable[Any], num_samples: int, desc: str, progress: bool = True
 ) -> int:
@@ -37,14 +51,7 @@ def forward_batches(
         with torch.no_grad():
             for i, batch in enumerate(init_data):
                 args, kwargs = split_batch(batch)
-                try:
-                    model(*args, **kwargs)
-                except NNCompressError:
-                    raise
-                except Exception as exc:
-                    raise InitDataError(
-                        f"init_data batch {i} does not fit the model: {type(exc).__name__}: {exc}"
-                    ) from exc
+                call_model(model, args, kwargs, f"init_data batch {i}")
                 n = batch_size(args, kwargs)
                 seen += n
                 bar.update(n)
