@@ -22,6 +22,10 @@ In one run, on 2 threads (PyTorch and onnxruntime):
    argmax agreement with FP32 PyTorch; MiniLM mean cosine between quantized (no training, ranges
    from real sentences) and FP32 sentence embeddings (mean pooling) on held-out docstrings.
 
+4. **What one quantizer costs.** Forward + backward of a per-tensor learnable quantizer on the
+   digits CNN's largest activation: nncompress's LSQ function, PyTorch's native learnable kernel
+   and a ``torch.compile``-fused version, against the time per quantizer a 1.3x step would allow.
+
 Prints a table per part and one JSON line. Run: ``python benchmarks/qat.py`` (about 2 minutes on 2 idle cores).
 """
 
@@ -252,6 +256,63 @@ def digits_case(tmp: Path) -> dict[str, Any]:
     }
 
 
+# -- part 4: what one quantizer costs ---------------------------------------------------------------
+
+
+def _per_call_us(fn: Any, calls: int = 200) -> float:
+    """Median over rounds of the mean time of ``calls`` calls, in microseconds."""
+    for _ in range(20):
+        fn()
+    rounds = []
+    for _ in range(ROUNDS + 2):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - start) / calls * 1e6)
+    return float(np.median(rounds))
+
+
+def quantizer_cost_case(digits: dict[str, Any]) -> dict[str, Any]:
+    """Forward + backward of one per-tensor learnable 8-bit quantizer on the digits CNN's largest
+    activation (64 x 24 x 8 x 8), three ways: nncompress's LSQ function, PyTorch's native learnable
+    fake-quantize kernel, and the LSQ forward written with plain ops under ``torch.compile``
+    (inductor fuses forward and backward into C++ loops; needs a C++ compiler, so it may fail).
+    The budget is what the <= 1.3x aim leaves for each of the model's quantizers."""
+    from nncompress.functional.quantize import fake_quantize_learnable, lsq_grad_factor
+
+    x = torch.randn(64, 24, 8, 8, requires_grad=True)
+    scale = torch.tensor([0.05], requires_grad=True)
+    factor = lsq_grad_factor(x.numel(), 127)
+
+    def ours() -> None:
+        fake_quantize_learnable(x, scale, None, -128, 127, None, factor, validate=False,
+                                min_scale=1e-8).sum().backward()
+
+    zero = torch.zeros(1)
+
+    def native() -> None:
+        torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, -128, 127, factor).sum().backward()
+
+    def lsq_plain_ops(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        v = t / s
+        return (v + (torch.clamp(torch.round(v), -128, 127) - v).detach()) * s  # straight-through
+
+    out: dict[str, Any] = {"shape": [64, 24, 8, 8], "nncompress_us": _per_call_us(ours),
+                           "torch_native_learnable_us": _per_call_us(native)}
+    try:
+        compiled = torch.compile(lsq_plain_ops)
+
+        def fused() -> None:
+            compiled(x, scale).sum().backward()
+
+        out["torch_compile_us"] = _per_call_us(fused)
+    except Exception as exc:  # inductor needs a working C++ toolchain
+        out["torch_compile_us"], out["torch_compile_error"] = None, f"{type(exc).__name__}: {str(exc)[:160]}"
+    overhead_ms = (1.3 - 1.0) * digits["fp32_step_ms"]
+    out["budget_per_quantizer_us"] = overhead_ms * 1e3 / digits["quantizers"]
+    return out
+
+
 # -- part 2 and 3: MiniLM ------------------------------------------------------------------------
 
 
@@ -380,6 +441,7 @@ def main() -> None:
         digits = digits_case(tmp)
         t2 = time.perf_counter()
     minilm = minilm_case()
+    cost = quantizer_cost_case(digits)
     t3 = time.perf_counter()
     resnet["part_s"], digits["part_s"], minilm["part_s"] = t1 - t0, t2 - t1, t3 - t2
     total_s = t3 - t0
@@ -427,8 +489,18 @@ def main() -> None:
         title=f"3. size and fidelity (digits: 360 test images; MiniLM: {minilm['eval_sentences']} held-out "
               "docstrings, ranges from 256 others)",
     ))
+    print(format_table(
+        ("way", "forward + backward, us"),
+        [("nncompress fake_quantize_learnable", cost["nncompress_us"]),
+         ("torch._fake_quantize_learnable_per_tensor_affine", cost["torch_native_learnable_us"]),
+         ("torch.compile of the LSQ forward (fused C++)", cost["torch_compile_us"]
+          if cost["torch_compile_us"] is not None else f"failed: {cost.get('torch_compile_error')}"),
+         (f"budget per quantizer for a 1.3x digits step ({digits['quantizers']} quantizers)",
+          cost["budget_per_quantizer_us"])],
+        title="4. one per-tensor learnable quantizer on a 64x24x8x8 activation (the digits CNN has four)",
+    ))
     print(json.dumps({"benchmark": "qat", "threads": THREADS, "total_s": total_s,
-                      "resnet": resnet, "digits": digits, "minilm": minilm}))
+                      "resnet": resnet, "digits": digits, "minilm": minilm, "quantizer_cost": cost}))
 
 
 if __name__ == "__main__":
