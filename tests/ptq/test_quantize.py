@@ -15,6 +15,7 @@ from torch import nn
 import nncompress as nnc
 from nncompress.algorithms.quantization.quantizers import FakeQuantizer
 from nncompress.errors import InitDataError, InvalidArgumentError, ScopeMatchError
+from nncompress.functional.smoothing import smooth_quant_scales
 from nncompress.ptq.pipeline import _take_samples
 from nncompress.ptq.smooth_quant import ChannelScale
 from nncompress.torch.runtime import get_runtime
@@ -259,3 +260,19 @@ def test_onnx_export_runs_in_onnxruntime_like_pytorch(which: str, cnn: nn.Module
     with torch.no_grad():
         want = q(data[1])
     assert float((got - want).abs().max()) < 0.05 * float(want.abs().max()) + 1e-3
+
+
+def test_statistics_come_from_the_float_model(transformer: nn.Module) -> None:
+    data = _tokens()
+    q = nnc.quantize(transformer, data, fast_bias_correction=False, advanced_parameters=QUIET)
+    seen: list[torch.Tensor] = []
+    ff2 = transformer.blocks[1].ff2  # deep in the model: every quantizer before it must have been off
+    handle = ff2.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for x in data:
+            transformer(x)
+    handle.remove()
+    s = smooth_quant_scales(torch.cat(seen).abs().amax(0), ff2.weight.detach().abs().amax(0),
+                            nnc.AdvancedQuantizationParameters().smooth_quant_alpha or 0.0)
+    scale = next(m for m in q.modules() if isinstance(m, ChannelScale) and "TinyBlock[1]/Linear[ff2]" in m.name)
+    torch.testing.assert_close(scale.factor, 1.0 / s)

@@ -303,8 +303,8 @@ def _calibrate(
     plain_qs = [q for q in act_qs if q not in smoothed_qs]
     estimator = adv.activations_range_estimator
     percentiles = (adv.min_percentile, adv.max_percentile)
-    for q in weight_qs:
-        q.enabled = False  # the pass sees the float model
+    for q in weight_qs + smoothed_qs:
+        q.enabled = False  # the pass sees the float model; these get their ranges afterwards
     for q in plain_qs:
         q.start_collecting(estimator, *percentiles)
     for g in groups:
@@ -318,7 +318,7 @@ def _calibrate(
             h.remove()
         for q in plain_qs:
             q.finish_collecting()
-        for q in weight_qs:
+        for q in weight_qs + smoothed_qs:
             q.enabled = True
         for g in groups:
             for cs in g.scales:
