@@ -41,7 +41,7 @@ class BiasTarget:
         """Forward pre-hook: add the input's per-channel sum."""
         x = args[0].detach()
         rows = x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1).T
-        s = rows.double().sum(0)
+        s = rows.sum(0, dtype=torch.float64)
         self.total = s if self.total is None else self.total + s
         self.count += rows.shape[0]
 
