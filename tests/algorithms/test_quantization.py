@@ -37,13 +37,15 @@ def _quantized(cnn: ResidualCNN, **section: object):  # type: ignore[no-untyped-
 def test_placement_shares_quantizers_and_reports(cnn: ResidualCNN) -> None:
     ctrl, _ = _quantized(cnn)
     groups = [q.group for q in ctrl.quantizers]
-    assert groups.count("weights") == 6 and groups.count("activations") == 8
+    assert groups.count("weights") == 6 and groups.count("activations") == 9
     rows = ctrl.capture_report.rows
+    pool = [r for r in rows if r.op.endswith("/mean_0")]
+    assert len(pool) == 1 and pool[0].compressed  # the global average pooling's input
     shared = [r for r in rows if r.reason.startswith("shares the quantizer")]
     assert len(shared) == 2  # each block's input feeds both its depthwise conv and its residual add
     stats = ctrl.statistics().quantization
     assert stats.weights.per_channel == 6 and stats.activations.per_channel == 0
-    assert stats.bits == {8: (6, 8)}
+    assert stats.bits == {8: (6, 9)}
     assert "per-channel" in ctrl.statistics().to_str()
 
 
@@ -195,7 +197,7 @@ def test_range_init_needs_data(cnn: ResidualCNN) -> None:
         nnc.create_compressed_model(cnn, _config())
     _untouched(cnn)
     ctrl, _ = nnc.create_compressed_model(cnn, _config(initializer={"range": {"num_init_samples": 0}}))
-    assert len(ctrl.quantizers) == 14  # ranges then come from the first batch
+    assert len(ctrl.quantizers) == 15  # ranges then come from the first batch
 
 
 def test_nan_in_activations_names_the_op(cnn: ResidualCNN) -> None:
@@ -215,7 +217,7 @@ def test_init_data_that_does_not_fit(cnn: ResidualCNN) -> None:
 def test_mixed_preset_makes_activations_asymmetric(cnn: ResidualCNN) -> None:
     ctrl, model = _quantized(cnn, preset="mixed")
     stats = ctrl.statistics().quantization
-    assert stats.activations.asymmetric == stats.activations.total == 8
+    assert stats.activations.asymmetric == stats.activations.total == 9
     assert stats.weights.symmetric == 6
     x = torch.randn(4, 1, 8, 8)
     model(x).sum().backward()

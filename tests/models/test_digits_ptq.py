@@ -6,8 +6,7 @@ batches of 64, so 320 samples) without labels or training; the test set (360 ima
 Figures (torch 2.13 CPU): FP32 accuracy 0.9917, INT8 0.9917; logit relative error
 ``||q - fp|| / ||fp||`` 0.0119 with fast bias correction and 0.0140 without; quantize() takes
 about 0.02 s. onnxruntime runs the export with the same argmax as PyTorch on every test image;
-3 of the 4 convs run as QLinearConv (the last one feeds the global mean, which has no quantizer in
-front of it, so its output is not requantized and onnxruntime keeps it float).
+all 4 convs run as QLinearConv.
 """
 
 from __future__ import annotations
@@ -87,5 +86,5 @@ def test_onnx_export_agrees_with_pytorch_and_fuses_integer_convs(
                           for x, _ in loaders[1]])
     assert float((ort_pred == torch_pred).float().mean()) >= 0.99
     ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
-    # the last conv feeds a float mean (no quantizer between them), so onnxruntime keeps it float
-    assert ops.count("QLinearConv") == 3 and "QLinearAdd" in ops
+    # every conv, the last one too: the global mean's input is quantized, so its output is requantized
+    assert ops.count("QLinearConv") == 4 and "Conv" not in ops and "QLinearAdd" in ops

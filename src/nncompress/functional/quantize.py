@@ -535,7 +535,8 @@ def lsq_grad_factor(numel: int, qmax: int) -> float:
     >>> lsq_grad_factor(64, 4)
     0.0625
 
-    :param numel: elements per step ``N``: ``x.numel()`` per-tensor, ``x.numel() / C`` per-channel.
+    :param numel: elements per step ``N`` in one example: for a weight ``numel / C`` per channel;
+        for an activation the features of one example (the batch axis is not counted).
     :param qmax: highest level, ``> 0``.
     :return: the factor, for ``grad_factor`` of :func:`fake_quantize_learnable`.
     :raises InvalidArgumentError: unless ``numel`` and ``qmax`` are positive ints.

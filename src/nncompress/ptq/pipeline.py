@@ -221,6 +221,7 @@ def _quantize(
         if adv.quantize_residual_adds is not None
         else not transformer,
         quantize_activation_matmuls=adv.quantize_attention_matmuls or not transformer,
+        quantize_pooling=not transformer,
     )
     groups = (
         _smooth_groups(graph, section, rules) if transformer and adv.smooth_quant_alpha is not None else []

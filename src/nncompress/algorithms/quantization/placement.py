@@ -2,8 +2,10 @@
 
 * Weights of ``conv*``, ``linear``, ``matmul``/``mm``/``bmm``/``addmm`` and ``embedding``: one
   quantizer on the weight as the op reads it, per-channel along the output channels.
-* Activations feeding ``conv*``, ``linear``, ``matmul``/``mm``/``bmm``/``addmm``/``baddbmm`` and
-  element-wise ``add`` of two activations: one quantizer on the output of the op producing them,
+* Activations feeding ``conv*``, ``linear``, ``matmul``/``mm``/``bmm``/``addmm``/``baddbmm``,
+  element-wise ``add`` of two activations and average pooling (``avg_pool*``, ``adaptive_avg_pool*``,
+  and ``mean`` over all spatial axes of a feature map), so that the conv before a global pooling
+  has a requantized output and runs as an integer kernel: one quantizer on the output of the op producing them,
   shared by every consumer of that tensor (a tensor read by three convs is quantized once).
   Producers with several outputs get a quantizer at each consumer's input instead. Model inputs
   are quantized when ``quantize_inputs`` is set; constants and buffers, integer tensors and
@@ -27,9 +29,12 @@ WEIGHT_OPS = frozenset({
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "linear", "matmul", "mm", "bmm", "addmm", "embedding",
 })  # fmt: skip
+POOL_OPS = frozenset({
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+})  # fmt: skip
 ACTIVATION_OPS = frozenset({
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "add", "iadd",
+    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "add", "iadd", "mean", *POOL_OPS,
 })  # fmt: skip
 _FUSED_AFTER_CONV = frozenset({"batch_norm", "relu", "relu_", "relu6", "hardtanh", "silu", "gelu"})
 _CONV = frozenset(op for op in WEIGHT_OPS if op.startswith("conv"))
@@ -45,6 +50,7 @@ class PlacementRules:
         (integer adds in CNNs; the residual stream of a transformer is better left in float).
     :param quantize_activation_matmuls: quantize ``matmul``/``bmm`` of two activations
         (attention scores and context).
+    :param quantize_pooling: quantize the inputs of average pooling (CNNs).
     :param input_point_ops: ops whose activation inputs get a quantizer of their own at the
         input port instead of one shared at the producer's output (SmoothQuant scales sit there).
     """
@@ -52,6 +58,7 @@ class PlacementRules:
     skip_op: Callable[[OpNode], str | None] | None = None
     quantize_adds: bool = True
     quantize_activation_matmuls: bool = True
+    quantize_pooling: bool = True
     input_point_ops: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -149,6 +156,10 @@ def _place_activations(graph, section, params, rules, report, skip_reason) -> li
         data_ports = [p for p in range(len(node.inputs)) if p not in weight_ports]
         if node.op in ("add", "iadd") and len(data_ports) < 2:
             continue  # x + constant: not an integer kernel
+        if node.op in POOL_OPS or node.op == "mean":
+            if node.op == "mean" and not _is_global_mean(graph, node):
+                continue  # a mean inside a layer (a norm, a loss), not pooling
+            data_ports = data_ports[:1]
         own_port = node.name in rules.input_point_ops
         for port in data_ports:
             producer = node.inputs[port]
@@ -179,7 +190,18 @@ def _place_activations(graph, section, params, rules, report, skip_reason) -> li
     return out
 
 
+def _is_global_mean(graph: CapturedGraph, node: OpNode) -> bool:
+    """``mean`` of an (N, C, *spatial) feature map over all its spatial axes (global average pooling)."""
+    producer = graph.nodes.get(node.inputs[0] or "") if node.inputs else None
+    if producer is None or not producer.output_shapes or not node.output_shapes:
+        return False
+    shape_in, shape_out = producer.output_shapes[0], node.output_shapes[0]
+    return len(shape_in) >= 3 and tuple(shape_out) in (tuple(shape_in[:2]), (*shape_in[:2], *[1] * (len(shape_in) - 2)))
+
+
 def _rule_skip(node: OpNode, rules: PlacementRules) -> str | None:
+    if (node.op in POOL_OPS or node.op == "mean") and not rules.quantize_pooling:
+        return "pooling left in float (transformer placement)"
     if node.op in ("add", "iadd") and not rules.quantize_adds:
         return "residual add left in float (transformer placement)"
     if node.op in _MATMUL and not node.weights and not rules.quantize_activation_matmuls:

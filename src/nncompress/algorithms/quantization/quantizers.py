@@ -158,6 +158,8 @@ class FakeQuantizer(nn.Module):
         grad_factor = self._grad_factors.get(x.shape)
         if grad_factor is None:  # once per input shape: this runs on every forward
             per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
+            if self.group == "activations" and x.dim() > 1 and self.axis != 0:
+                per_step //= int(x.shape[0])  # LSQ's N_F counts the features of one example, not the batch
             grad_factor = self._grad_factors[x.shape] = lsq_grad_factor(max(per_step, 1), qmax)
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
         # a zero point known to be 0 is passed as None: the math then skips adding and subtracting it
