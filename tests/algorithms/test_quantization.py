@@ -290,3 +290,21 @@ def test_embedding_rows_path_equals_whole_table(monkeypatch: pytest.MonkeyPatch)
     torch.testing.assert_close(w1, w2)
     torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-7)
     assert int((s1 != 0).sum()) == 6  # only the 6 distinct rows looked up get a step gradient
+
+
+@pytest.mark.parametrize("group", ["activations", "weights"])
+def test_step_gradient_factor_counts_one_example_for_activations(group: str) -> None:
+    from nncompress.algorithms.quantization.params import QuantizerParams
+    from nncompress.algorithms.quantization.quantizers import FakeQuantizer
+
+    x1 = torch.randn(1, 3, 5, 5)
+    grads = []
+    for batch in (1, 4):
+        q = FakeQuantizer(QuantizerParams(), "op", group)
+        q.set_range(torch.tensor(-2.0), torch.tensor(2.0))
+        q(x1.repeat(batch, 1, 1, 1)).sum().backward()
+        assert q.scale.grad is not None
+        grads.append(float(q.scale.grad))
+    # the same example 4 times: 4 times the gradient when N is per example (LSQ), 2 times when the
+    # batch is counted in N, as for a weight-group quantizer, whose tensors have no batch axis
+    assert grads[1] == pytest.approx((4.0 if group == "activations" else 2.0) * grads[0], rel=1e-5)
