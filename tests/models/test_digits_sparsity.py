@@ -109,7 +109,8 @@ def test_resume_from_checkpoint_gives_identical_outputs(sparse: Sparse, loaders:
 
 def test_run_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fig = run_demo(str(tmp_path / "demo"), epochs=4, finetune_epochs=4, progress=False)
-    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"dense.onnx", "sparse.onnx", "int8.onnx", "summary.json"}
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"dense.onnx", "sparse.onnx", "int8.onnx", "ptq.onnx",
+                                                                 "summary.json"}
     assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == fig
     assert fig["onnx_agrees"] and min(fig["dense_ort_argmax_agreement"], fig["sparse_ort_argmax_agreement"]) >= 0.99
     assert fig["sparse_sparsity_layers"] >= 0.69 and fig["sparse_onnx_weight_sparsity"] >= 0.69
@@ -121,6 +122,7 @@ def test_run_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "Summary (onnxruntime and PyTorch agree" in printed
     assert "Statistics of quantization" in printed
     assert fig["int8_ort_argmax_agreement"] >= 0.99 and fig["int8_onnx_bytes"] < 0.6 * fig["dense_onnx_bytes"]
+    assert fig["ptq_acc"] >= fig["dense_acc"] - 0.01 and fig["ptq_ort_argmax_agreement"] >= 0.99
 
 
 def test_cli_demo_passes_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
