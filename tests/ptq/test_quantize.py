@@ -276,3 +276,19 @@ def test_statistics_come_from_the_float_model(transformer: nn.Module) -> None:
                             nnc.AdvancedQuantizationParameters().smooth_quant_alpha or 0.0)
     scale = next(m for m in q.modules() if isinstance(m, ChannelScale) and "TinyBlock[1]/Linear[ff2]" in m.name)
     torch.testing.assert_close(scale.factor, 1.0 / s)
+
+
+def test_llama_with_written_out_rmsnorm_is_a_transformer() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(config).eval()
+    ids = [torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    q = nnc.quantize(llama, ids, advanced_parameters=QUIET)
+    assert sum(isinstance(m, ChannelScale) for m in q.modules()) > 0  # smoothed: detected as a transformer
+    names = [x.name for x in _quantizers(q)]
+    assert not any("/pow_" in n or "/mean_" in n for n in names)  # RMSNorm internals stay float
+    with torch.no_grad():
+        ref, out = llama(ids[0]).logits, q(ids[0]).logits
+    assert float((out - ref).norm() / ref.norm()) < 0.05

@@ -2,8 +2,8 @@
 
 The pipeline, on a copy of the model (the user's model is untouched unless ``inplace``):
 
-1. **Capture** on the first calibration item; a graph with LayerNorm and attention is treated as
-   a transformer unless told otherwise.
+1. **Capture** on the first calibration item; a graph with LayerNorm/RMSNorm and attention is
+   treated as a transformer unless told otherwise.
 2. **Placement**, the same as quantization-aware training (``algorithms/quantization``), with
    transformer rules: residual adds and attention matmuls stay float, and the input of each
    linear layer gets its own quantizer behind a SmoothQuant :class:`ChannelScale`.
@@ -58,7 +58,7 @@ from .params import AdvancedQuantizationParameters, IgnoredScope, ModelType, Qua
 from .smooth_quant import ChannelScale, SmoothGroup, smooth, smoothable_linears
 
 SMOOTH_GROUP = "smooth_quant"
-_NORMS = frozenset({"layer_norm", "rms_norm"})
+_NORMS = frozenset({"layer_norm", "rms_norm", "rsqrt"})  # rsqrt: RMSNorm written out (Llama)
 _ATTENTION = frozenset({"scaled_dot_product_attention", "softmax"})
 
 
@@ -179,7 +179,8 @@ def _take_samples(dataset: Dataset, subset_size: int) -> tuple[list[ModelInputs]
 
 
 def is_transformer(graph: CapturedGraph) -> bool:
-    """Whether the graph has a normalisation layer and attention (softmax or SDPA)."""
+    """Whether the graph has a normalisation layer (LayerNorm, RMSNorm, or ``rsqrt`` as in a written-out
+    RMSNorm) and attention (softmax or scaled-dot-product attention)."""
     ops = {n.op for n in graph}
     return bool(ops & _NORMS) and bool(ops & _ATTENTION)
 

@@ -196,7 +196,8 @@ def _is_global_mean(graph: CapturedGraph, node: OpNode) -> bool:
     if producer is None or not producer.output_shapes or not node.output_shapes:
         return False
     shape_in, shape_out = producer.output_shapes[0], node.output_shapes[0]
-    return len(shape_in) >= 3 and tuple(shape_out) in (tuple(shape_in[:2]), (*shape_in[:2], *[1] * (len(shape_in) - 2)))
+    # 2-d and 3-d feature maps only: a mean over the last axis of (B, T, D) is a norm, not pooling
+    return len(shape_in) >= 4 and tuple(shape_out) in (tuple(shape_in[:2]), (*shape_in[:2], *[1] * (len(shape_in) - 2)))
 
 
 def _rule_skip(node: OpNode, rules: PlacementRules) -> str | None:
