@@ -197,65 +197,61 @@ def _quantize(
 ) -> QuantizationSummary:
     was_training = model.training
     model.eval()
-    context = CompressionContext(samples[0], "calibration_dataset")
     try:
-        graph = context.graph_for(model)
-    except CaptureError as exc:
-        raise InitDataError(f"calibration item 0 does not fit the model: {exc}") from exc
-    if ignored is not None:
-        ignored.check(graph)
-    detected = is_transformer(graph)
-    transformer = model_type is ModelType.TRANSFORMER or (model_type is None and detected)
-    preset = preset or (QuantizationPreset.MIXED if transformer else QuantizationPreset.PERFORMANCE)
-    section = CompressionConfig.from_dict(
-        {
-            "compression": {
-                "algorithm": "quantization",
-                "preset": preset.value,
-                "initializer": {"range": {"num_init_samples": 0}},
-            }
-        }
-    ).algorithm_sections()[0]
-    rules = PlacementRules(
-        skip_op=ignored.reason if ignored is not None else None,
-        quantize_adds=adv.quantize_residual_adds
-        if adv.quantize_residual_adds is not None
-        else not transformer,
-        quantize_activation_matmuls=adv.quantize_attention_matmuls or not transformer,
-        quantize_pooling=not transformer,
-    )
-    groups = (
-        _smooth_groups(graph, section, rules) if transformer and adv.smooth_quant_alpha is not None else []
-    )
-    rules = replace(rules, input_point_ops=frozenset(op for g in groups for op in g.ops))
-    builder = QuantizationBuilder(section, context, rules)
-    builder.apply_to(model)
-    ctrl = builder.build_controller(model)
-    if groups:
-        layout = TransformationLayout()
-        for g in groups:
-            for op, cs in zip(g.ops, g.scales):
-                point = TargetPoint(TargetType.OPERATION_INPUT, op, port=0)
-                layout.register(InsertionCommand(point, cs, SMOOTH_GROUP, Priority.SMOOTHING))
-        apply_layout(model, layout)
-    targets = bias_targets(model, graph, set(builder.weight_of.values())) if bias_correction else []
-    _calibrate(model, ctrl, builder, samples, count, groups, targets, adv)
-    model.train(was_training)
+        context = CompressionContext(samples[0], "calibration_dataset")
+        try:
+            graph = context.graph_for(model)
+        except CaptureError as exc:
+            raise InitDataError(f"calibration item 0 does not fit the model: {exc}") from exc
+        if ignored is not None:
+            ignored.check(graph)
+        transformer = model_type is ModelType.TRANSFORMER or (model_type is None and is_transformer(graph))
+        preset = preset or (QuantizationPreset.MIXED if transformer else QuantizationPreset.PERFORMANCE)
+        section = CompressionConfig.from_dict({"compression": {
+            "algorithm": "quantization", "preset": preset.value, "initializer": {"range": {"num_init_samples": 0}},
+        }}).algorithm_sections()[0]  # fmt: skip
+        rules = _placement_rules(transformer, ignored, adv)
+        smoothing = transformer and adv.smooth_quant_alpha is not None
+        groups = _smooth_groups(graph, section, rules) if smoothing else []
+        rules = replace(rules, input_point_ops=frozenset(op for g in groups for op in g.ops))
+        builder = QuantizationBuilder(section, context, rules)
+        builder.apply_to(model)
+        ctrl = builder.build_controller(model)
+        _insert_smoothing(model, groups)
+        targets = bias_targets(model, graph, set(builder.weight_of.values())) if bias_correction else []
+        _calibrate(model, ctrl, builder, samples, count, groups, targets, adv)
+    finally:
+        model.train(was_training)
     register_controller(model, ctrl)
     kind = "transformer" if transformer else "not a transformer"
     how = "given" if model_type is not None else "detected"
     weights = len(builder.weight_of)
-    return QuantizationSummary(
-        f"{kind} ({how})",
-        preset.value,
-        count,
-        weights,
-        len(ctrl.quantizers) - weights,
-        len(builder.report.skipped),
-        len(groups),
-        len(targets),
-        0.0,
+    return QuantizationSummary(f"{kind} ({how})", preset.value, count, weights, len(ctrl.quantizers) - weights,
+                               len(builder.report.skipped), len(groups), len(targets), 0.0)
+
+
+def _placement_rules(transformer: bool, ignored: IgnoredScope | None,
+                     adv: AdvancedQuantizationParameters) -> PlacementRules:
+    """CNNs: the QAT placement. Transformers: residual adds, attention matmuls and pooling stay float."""
+    adds = adv.quantize_residual_adds if adv.quantize_residual_adds is not None else not transformer
+    return PlacementRules(
+        skip_op=ignored.reason if ignored is not None else None,
+        quantize_adds=adds,
+        quantize_activation_matmuls=adv.quantize_attention_matmuls or not transformer,
+        quantize_pooling=not transformer,
     )
+
+
+def _insert_smoothing(model: nn.Module, groups: list[SmoothGroup]) -> None:
+    """Put each group's :class:`ChannelScale` modules at their linear layers' inputs, before the quantizers."""
+    if not groups:
+        return
+    layout = TransformationLayout()
+    for g in groups:
+        for op, cs in zip(g.ops, g.scales):
+            point = TargetPoint(TargetType.OPERATION_INPUT, op, port=0)
+            layout.register(InsertionCommand(point, cs, SMOOTH_GROUP, Priority.SMOOTHING))
+    apply_layout(model, layout)
 
 
 def _smooth_groups(graph: CapturedGraph, section: Any, rules: PlacementRules) -> list[SmoothGroup]:
