@@ -198,6 +198,7 @@ def test_transformer_placement_leaves_adds_and_attention_in_float(transformer: n
     # q, k, v, out, ff1, ff2 per block, and the head: every linear reading an activation
     assert len(scales) == 2 * 6 + 1
     assert all(not torch.equal(s.factor, torch.ones_like(s.factor)) for s in scales)
+    assert all(not s.batch_min and not s.batch_max and not s.collecting for s in scales)  # statistics dropped
     with_mm = nnc.quantize(transformer, _tokens(), advanced_parameters=nnc.AdvancedQuantizationParameters(
         quantize_attention_matmuls=True, progress=False))
     rows = nnc.compression_controller(with_mm).capture_report.rows

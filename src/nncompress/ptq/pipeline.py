@@ -301,26 +301,7 @@ def _calibrate(
     plain_qs = [q for q in act_qs if q not in smoothed_qs]
     estimator = adv.activations_range_estimator
     percentiles = (adv.min_percentile, adv.max_percentile)
-    for q in weight_qs + smoothed_qs:
-        q.enabled = False  # the pass sees the float model; these get their ranges afterwards
-    for q in plain_qs:
-        q.start_collecting(estimator, *percentiles)
-    for g in groups:
-        for cs in g.scales:
-            cs.collecting = True
-    handles = [model.get_submodule(t.module).register_forward_pre_hook(t.hook) for t in targets]
-    try:
-        _run_pass(model, samples, count, "Statistics", adv.progress)
-    finally:
-        for h in handles:
-            h.remove()
-        for q in plain_qs:
-            q.finish_collecting()
-        for q in weight_qs + smoothed_qs:
-            q.enabled = True
-        for g in groups:
-            for cs in g.scales:
-                cs.collecting = False
+    _statistics_pass(model, samples, count, weight_qs + smoothed_qs, plain_qs, groups, targets, adv)
     factors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for g in groups:
@@ -330,30 +311,62 @@ def _calibrate(
             q.start_collecting("min_max", 0.0, 100.0)
             q(model.get_parameter(builder.weight_of[id(q)]).detach())
             q.finish_collecting()
-        second_pass = []
-        for q in smoothed_qs:
-            g = smoothed_ops[quantizer_at[id(q)].point.target]
-            cs = g.scales[0]
-            if estimator in ("min_max", "mean_min_max"):
-                lo, hi = scaled_tensor_range(
-                    torch.stack(cs.batch_min), torch.stack(cs.batch_max), factors[g.ops[0]], estimator
-                )
-                q.set_range(lo, hi)
-            else:
-                second_pass.append(q)
-        for g in groups:
-            for cs in g.scales:
-                cs.batch_min, cs.batch_max = [], []
-    if second_pass:
-        _percentile_pass(
-            model, ctrl.quantizers, second_pass, samples, count, estimator, percentiles, adv.progress
-        )
+        pending = [q for q in smoothed_qs
+                   if not _set_smoothed_range(q, smoothed_ops[quantizer_at[id(q)].point.target], estimator)]
+        for cs in (cs for g in groups for cs in g.scales):
+            cs.batch_min, cs.batch_max = [], []  # not kept in the model
+    if pending:
+        _percentile_pass(model, ctrl.quantizers, pending, samples, count, estimator, percentiles, adv.progress)
     weight_q = {builder.weight_of[id(q)]: q for q in weight_qs}
     for t in targets:
-        w = layer_weight(model, t)
-        apply_shift(
-            model, t, weight_q[f"{t.module}.weight".lstrip(".")].quantized(w.detach()), factors.get(t.op)
-        )
+        quantized = weight_q[f"{t.module}.weight".lstrip(".")].quantized(layer_weight(model, t).detach())
+        apply_shift(model, t, quantized, factors.get(t.op))
+
+
+def _statistics_pass(
+    model: nn.Module,
+    samples: list[ModelInputs],
+    count: int,
+    off: list[FakeQuantizer],
+    collecting: list[FakeQuantizer],
+    groups: list[SmoothGroup],
+    targets: list[BiasTarget],
+    adv: AdvancedQuantizationParameters,
+) -> None:
+    """One pass of the float model: ``collecting`` quantizers and the SmoothQuant scales record
+    statistics, the bias-correction hooks sum the layers' inputs, the ``off`` quantizers do nothing."""
+    for q in off:
+        q.enabled = False
+    for q in collecting:
+        q.start_collecting(adv.activations_range_estimator, adv.min_percentile, adv.max_percentile)
+    scales = [cs for g in groups for cs in g.scales]
+    for cs in scales:
+        cs.collecting = True
+    handles = [model.get_submodule(t.module).register_forward_pre_hook(t.hook) for t in targets]
+    try:
+        _run_pass(model, samples, count, "Statistics", adv.progress)
+    finally:
+        for h in handles:
+            h.remove()
+        for q in collecting:
+            q.finish_collecting()
+        for q in off:
+            q.enabled = True
+        for cs in scales:
+            cs.collecting = False
+
+
+def _set_smoothed_range(q: FakeQuantizer, group: SmoothGroup, estimator: str) -> bool:
+    """Set the range of a quantizer behind the group's scales from the recorded channel extremes.
+
+    :return: ``False`` for the percentile estimators, which need the values (another pass).
+    """
+    if estimator not in ("min_max", "mean_min_max"):
+        return False
+    first = group.scales[0]
+    lo, hi = scaled_tensor_range(torch.stack(first.batch_min), torch.stack(first.batch_max), first.factor, estimator)
+    q.set_range(lo, hi)
+    return True
 
 
 def _percentile_pass(
