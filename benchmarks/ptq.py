@@ -57,12 +57,13 @@ import torch
 import torch.nn.functional as F
 from qat import (
     THREADS,
-    CifarResNet,
     _mean_pool,
     _minilm_dir,
     _op_counts,
     _ort_run,
     _session,
+    random_images,
+    resnet_with_statistics,
     stdlib_docstrings,
 )
 from timing import ROUNDS, STEPS, interleaved_steps
@@ -247,19 +248,12 @@ def _latency(fp32_path: Path, int8_path: Path, feed: dict[str, np.ndarray]) -> d
 
 
 def resnet_case(tmp: Path) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = CifarResNet()
     gen = torch.Generator().manual_seed(1)
+    model = resnet_with_statistics(gen)  # as in qat.py
 
-    def images(n: int) -> torch.Tensor:  # smooth-ish random images, as in qat.py
-        low = F.interpolate(torch.randn(n, 3, 8, 8, generator=gen), size=32, mode="bilinear", align_corners=False)
-        return low + 0.3 * torch.randn(n, 3, 32, 32, generator=gen)
+    def images(n: int) -> torch.Tensor:
+        return random_images(n, gen)
 
-    model.train()
-    with torch.no_grad():
-        for _ in range(8):
-            model(images(64))  # BatchNorm statistics to fold
-    model.eval()
     calib = [images(64) for _ in range(RESNET_SAMPLES // 64)]
     x = images(64)
 

@@ -129,20 +129,29 @@ def _op_counts(path: Path) -> dict[str, int]:
 # -- part 1: INT8 inference of the ResNet ----------------------------------------------------------
 
 
-def resnet_case(tmp: Path) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = CifarResNet()
-    gen = torch.Generator().manual_seed(1)
-    # smooth-ish random images (a low-frequency component plus noise), standardised like CIFAR inputs
-    def images(n: int) -> torch.Tensor:
-        low = F.interpolate(torch.randn(n, 3, 8, 8, generator=gen), size=32, mode="bilinear", align_corners=False)
-        return low + 0.3 * torch.randn(n, 3, 32, 32, generator=gen)
+def random_images(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Smooth-ish random images (a low-frequency component plus noise), scaled like CIFAR inputs."""
+    low = F.interpolate(torch.randn(n, 3, 8, 8, generator=gen), size=32, mode="bilinear", align_corners=False)
+    return low + 0.3 * torch.randn(n, 3, 32, 32, generator=gen)
 
-    model.train()
+
+def resnet_with_statistics(gen: torch.Generator) -> CifarResNet:
+    """The ResNet (seed 0) in eval mode, with BatchNorm statistics of 512 random images to fold."""
+    torch.manual_seed(0)
+    model = CifarResNet().train()
     with torch.no_grad():
         for _ in range(8):
-            model(images(64))  # BatchNorm statistics to fold
-    model.eval()
+            model(random_images(64, gen))
+    return model.eval()
+
+
+def resnet_case(tmp: Path) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(1)
+    model = resnet_with_statistics(gen)
+
+    def images(n: int) -> torch.Tensor:
+        return random_images(n, gen)
+
     calib = [(images(64), torch.zeros(64, dtype=torch.long)) for _ in range(4)]
     x = images(64)
 
