@@ -40,10 +40,10 @@ class BiasTarget:
     def hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         """Forward pre-hook: add the input's per-channel sum."""
         x = args[0].detach()
-        rows = x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1).T
-        s = rows.sum(0, dtype=torch.float64)
+        channel = x.dim() - 1 if isinstance(module, nn.Linear) else 1  # (..., in) or (N, C, *spatial)
+        s = x.sum(dim=[d for d in range(x.dim()) if d != channel], dtype=torch.float64)
         self.total = s if self.total is None else self.total + s
-        self.count += rows.shape[0]
+        self.count += x.numel() // x.shape[channel]
 
 
 def bias_targets(model: nn.Module, graph: CapturedGraph, quantized_weights: set[str]) -> list[BiasTarget]:

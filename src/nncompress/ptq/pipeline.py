@@ -342,6 +342,8 @@ def _statistics_pass(
     scales = [cs for g in groups for cs in g.scales]
     for cs in scales:
         cs.collecting = True
+    for g in groups:
+        g.scales[0].recording = True  # the group's layers read one tensor: record it once
     handles = [model.get_submodule(t.module).register_forward_pre_hook(t.hook) for t in targets]
     try:
         _run_pass(model, samples, count, "Statistics", adv.progress)
@@ -353,7 +355,7 @@ def _statistics_pass(
         for q in off:
             q.enabled = True
         for cs in scales:
-            cs.collecting = False
+            cs.collecting = cs.recording = False
 
 
 def _set_smoothed_range(q: FakeQuantizer, group: SmoothGroup, estimator: str) -> bool:

@@ -24,7 +24,8 @@ from nncompress.graph.capture import CapturedGraph, OpNode
 
 
 class ChannelScale(nn.Module):
-    """``x * factor`` along the last axis; records per-batch channel extremes while collecting.
+    """``x * factor`` along the last axis; passes ``x`` through while collecting, recording per-batch
+    channel extremes if ``recording`` (one module per group records: its layers read one tensor).
 
     :param num_channels: size of the last axis.
     :param name: the op whose input it scales (for messages).
@@ -35,7 +36,8 @@ class ChannelScale(nn.Module):
         self.factor: torch.Tensor
         self.register_buffer("factor", torch.ones(num_channels))
         self.name = name
-        self.collecting = False
+        self.collecting = False  # pass the input through (and record, if ``recording``)
+        self.recording = False
         self.batch_min: list[torch.Tensor] = []
         self.batch_max: list[torch.Tensor] = []
 
@@ -45,6 +47,8 @@ class ChannelScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scale ``x`` (pass it through while collecting)."""
         if self.collecting:
+            if not self.recording:
+                return x
             flat = x.detach().reshape(-1, x.shape[-1])
             lo, hi = torch.aminmax(flat, dim=0)
             if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
