@@ -25,7 +25,7 @@ import copy
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -75,7 +75,6 @@ class QuantizationSummary:
     smoothed_groups: int
     corrected_layers: int
     seconds: float
-    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -85,7 +84,7 @@ class QuantizationSummary:
             f"  model: {self.transformer}; SmoothQuant on {self.smoothed_groups} inputs; "
             f"bias correction on {self.corrected_layers} layers",
         ]
-        return "\n".join(lines + [f"  {n}" for n in self.notes])
+        return "\n".join(lines)
 
 
 def quantize(
