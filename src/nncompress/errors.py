@@ -65,15 +65,27 @@ class ExportError(NNCompressError, RuntimeError):
     """Exporting the model failed; no file was written."""
 
 
+class NonFiniteError(NNCompressError, FloatingPointError):
+    """A compressed model produced NaN or infinity; the message names the inserted module (a
+    quantizer, a mask) or the operation where the first non-finite value appeared."""
+
+
+class GraphMismatchError(NNCompressError, RuntimeError):
+    """A forward ran operations that differ from the ones captured when the model was
+    compressed, so inserted modules would land on the wrong operations."""
+
+
 __all__ = [
     "CaptureError",
     "CompressionStateError",
     "ConfigError",
     "ExportError",
+    "GraphMismatchError",
     "InitDataError",
     "InputInfoError",
     "InvalidArgumentError",
     "NNCompressError",
+    "NonFiniteError",
     "ScopeMatchError",
     "UnknownAlgorithmError",
     "UnsupportedAlgorithmError",
