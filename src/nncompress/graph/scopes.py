@@ -18,11 +18,39 @@ import torch
 from torch import nn
 
 REGEX_PREFIX = "{re}"
-# NNCF 2.x named wrapped modules NNCFConv2d, NNCFLinear...; nncompress keeps the user's modules,
-# so scope patterns written for NNCF match after dropping that prefix.
+# NNCF 2.x wrapped these modules in classes named NNCF<type> (NNCFConv2d...) and modules registered
+# with ``register_module`` in NNCFUser<type>; nncompress keeps the user's modules, so the prefix
+# is dropped. The look-ahead keeps user classes such as ``NNCFBackbone`` or ``NNCFLinearHead``.
 _NNCF_CLASS_PREFIX = re.compile(
-    r"NNCF(?=(Conv|Linear|Embedding|BatchNorm|LayerNorm|GroupNorm|InstanceNorm|ConvTranspose)\w*\\?\[)"
+    r"NNCF(?=(?:Conv[123]d|ConvTranspose[123]d|Linear|Embedding|EmbeddingBag|BatchNorm[123]d"
+    r"|GroupNorm|LayerNorm|InstanceNorm[123]d)(?![A-Za-z0-9_]))|NNCFUser(?=[A-Za-z_]\w*\\?\[)"
 )
+# NNCF 2.x named Python operators by their magic method (``x + y`` -> ``__add___0``). Under a
+# ``TorchFunctionMode`` torch reports most of them as the tensor method they call, which
+# ``op_base_name`` then shortens; this table is what each NNCF magic name becomes here (checked
+# against torch in tests/graph/test_nncf_scope_names.py). Magic names not listed only lose
+# their underscores (``__getitem__`` -> ``getitem``, ``__rsub__`` -> ``rsub``).
+NNCF_MAGIC_OP_NAMES: dict[str, str] = {
+    "__add__": "add", "__radd__": "add", "__iadd__": "add_",
+    "__sub__": "sub", "__isub__": "sub_",
+    "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul_",
+    "__truediv__": "div", "__div__": "div", "__itruediv__": "div_", "__idiv__": "div_",
+    "__rtruediv__": "rdiv", "__ifloordiv__": "floor_divide_", "__ipow__": "pow_",
+    "__mod__": "remainder", "__rand__": "bitwise_and", "__ror__": "bitwise_or", "__rxor__": "bitwise_xor",
+}  # fmt: skip
+# The other magic methods NNCF 2.x traced (nncf/torch/dynamic_graph/patch_pytorch.py).
+_NNCF_MAGIC_PLAIN = (
+    "abs", "and", "eq", "floordiv", "ge", "getitem", "gt", "iand", "invert", "ior", "ixor", "le", "lt",
+    "matmul", "ne", "neg", "or", "pow", "rdiv", "rfloordiv", "rmatmul", "rpow", "rsub", "xor",
+)  # fmt: skip
+_NNCF_MAGIC = re.compile(
+    r"(?<![A-Za-z0-9])__("
+    + "|".join(sorted({m[2:-2] for m in NNCF_MAGIC_OP_NAMES} | set(_NNCF_MAGIC_PLAIN), key=len, reverse=True))
+    + r")__"
+)
+# NNCF 2.x traced ``torch.relu_`` under its own name (``ReLU[relu]/relu__0`` for an in-place
+# nn.ReLU), where nncompress sees ``F.relu(x, inplace=True)`` and names it ``relu_0``.
+_NNCF_INPLACE_RELU = re.compile(r"(?<![A-Za-z0-9_])relu__(?=\d|\\d|\[)")
 
 
 def op_base_name(func: Callable[..., object]) -> str:
@@ -77,17 +105,63 @@ def module_scopes(root: nn.Module, skip: nn.Module | None = None) -> dict[nn.Mod
     return result
 
 
-@lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _nncf_magic_to_ours(match: re.Match[str]) -> str:
+    magic = match.group(0)
+    return NNCF_MAGIC_OP_NAMES.get(magic, magic[2:-2])
 
 
 def normalize_scope_pattern(pattern: str) -> str:
-    """Drop the prefix of NNCF's wrapper classes (``NNCFConv2d[`` -> ``Conv2d[``) from a pattern.
+    """Rewrite NNCF 2.x's spelling in a scope pattern into nncompress's operation names.
 
-    Only NNCF's own wrapped module types are renamed; a user class such as ``NNCFBackbone`` stays.
+    ``NNCFConv2d[conv1]`` -> ``Conv2d[conv1]`` (NNCF's wrapper classes; ``NNCFUserFoo[x]`` ->
+    ``Foo[x]``) and the magic-method op names ``__add__``, ``__iadd__``, ``__mul__``,
+    ``__getitem__``... -> ``add``, ``add_``, ``mul``, ``getitem`` (see :data:`NNCF_MAGIC_OP_NAMES`).
+    Patterns already written with nncompress's names are returned unchanged. The call index is
+    kept as written: NNCF counted ``x + y`` and ``torch.add`` apart, nncompress counts both as
+    ``add``, so in a scope that mixes the two the indices differ (the capture report lists ours).
+
+    :param pattern: one ``ignored_scopes`` / ``target_scopes`` entry, with or without ``{re}``.
+    :return: the pattern in nncompress's names.
     """
-    return _NNCF_CLASS_PREFIX.sub("", pattern)
+    return _NNCF_MAGIC.sub(_nncf_magic_to_ours, _NNCF_CLASS_PREFIX.sub("", pattern))
+
+
+@lru_cache(maxsize=1024)
+def _regex_for(pattern: str) -> re.Pattern[str]:
+    """The compiled regex of a ``{re}`` pattern (without the prefix), NNCF names translated."""
+    regex = normalize_scope_pattern(pattern)
+    # ``relu__`` (NNCF's in-place ReLU) matches both ``relu_`` and ``relu__`` here.
+    return re.compile(_NNCF_INPLACE_RELU.sub("relu_?_", regex))
+
+
+@lru_cache(maxsize=1024)
+def _plain_alternatives(pattern: str) -> tuple[str, ...]:
+    """The names a plain (non-regex) pattern stands for: as written and in nncompress's names."""
+    normalized = normalize_scope_pattern(pattern).rstrip("/")
+    names = {pattern.rstrip("/"), normalized}
+    if _NNCF_INPLACE_RELU.search(normalized):
+        names.add(_NNCF_INPLACE_RELU.sub("relu_", normalized))
+    return tuple(sorted(names))
+
+
+def compile_scope_regex(regex: str) -> re.Pattern[str]:
+    """Compile a regular expression over op names, accepting NNCF 2.x's names in it.
+
+    :param regex: the expression, without the ``{re}`` prefix.
+    :return: the compiled expression.
+    :raises re.error: if it is not a regular expression.
+    """
+    return _regex_for(regex)
+
+
+def scope_name_matches(name: str, pattern: str) -> bool:
+    """Whether an op or module name equals a plain (non-regex) name, NNCF 2.x spellings included.
+
+    :param name: an operation name such as ``Net/add_0`` or a module name such as ``encoder.fc``.
+    :param pattern: a name as the user wrote it, e.g. ``Net/__add___0``.
+    :return: ``True`` if they name the same thing.
+    """
+    return name in _plain_alternatives(pattern)
 
 
 def scope_matches(name: str, pattern: str) -> bool:
@@ -95,12 +169,14 @@ def scope_matches(name: str, pattern: str) -> bool:
 
     ``{re}<regex>``: ``re.search`` of the regex in the name. Otherwise the name must equal the
     pattern, or the pattern must be one of the name's module scopes (a prefix ending at ``/``).
+    NNCF 2.x's names are accepted in both forms (see :func:`normalize_scope_pattern`):
+    ``Inception3/__add___0`` matches ``Inception3/add_0``, ``{re}.*__mul__.*`` matches every
+    ``mul`` op and ``ResNet/NNCFConv2d[conv1]/conv2d_0`` matches ``ResNet/Conv2d[conv1]/conv2d_0``.
 
     :param name: operation name, e.g. ``Net/Conv2d[conv1]/conv2d_0``.
     :param pattern: one entry of ``ignored_scopes`` / ``target_scopes``.
     :return: ``True`` if it matches.
     """
-    pattern = normalize_scope_pattern(pattern)
     if pattern.startswith(REGEX_PREFIX):
-        return _compile(pattern[len(REGEX_PREFIX) :]).search(name) is not None
-    return name == pattern or name.startswith(pattern.rstrip("/") + "/")
+        return _regex_for(pattern[len(REGEX_PREFIX) :]).search(name) is not None
+    return any(name == p or name.startswith(p + "/") for p in _plain_alternatives(pattern))

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from nncompress.errors import InvalidArgumentError, ScopeMatchError
 from nncompress.graph.capture import CapturedGraph, OpNode
-from nncompress.graph.scopes import normalize_scope_pattern
+from nncompress.graph.scopes import compile_scope_regex, scope_name_matches
 
 ACTIVATION_ESTIMATORS = ("min_max", "mean_min_max", "percentile", "mean_percentile")
 DEFAULT_SMOOTH_QUANT_ALPHA = 0.8
@@ -85,7 +85,7 @@ class IgnoredScope:
                 raise InvalidArgumentError(f"IgnoredScope.{key} must be a list of strings, got {value!r}")
         for p in self.patterns:
             try:
-                re.compile(normalize_scope_pattern(p))
+                compile_scope_regex(p)
             except re.error as exc:
                 raise InvalidArgumentError(
                     f"IgnoredScope.patterns: {p!r} is not a regular expression ({exc})"
@@ -93,10 +93,10 @@ class IgnoredScope:
 
     def reason(self, node: OpNode) -> str | None:
         """Why ``node`` is ignored, or ``None``."""
-        if node.name in self.names or (node.module and node.module in self.names):
+        if any(scope_name_matches(node.name, n) or (node.module and node.module == n) for n in self.names):
             return "in ignored_scope.names"
         for p in self.patterns:
-            rx = re.compile(normalize_scope_pattern(p))
+            rx = compile_scope_regex(p)
             if rx.fullmatch(node.name) or (node.module and rx.fullmatch(node.module)):
                 return f"matches ignored_scope pattern {p!r}"
         if node.op in self.types or node.module_type in self.types:
@@ -113,10 +113,10 @@ class IgnoredScope:
         nodes = list(graph)
         keys = sorted({n.name for n in nodes} | {n.module for n in nodes if n.module})
         for name in self.names:
-            if name not in keys:
+            if not any(scope_name_matches(k, name) for k in keys):
                 self._fail("names", name, difflib.get_close_matches(name, keys, n=3, cutoff=0.4))
         for p in self.patterns:
-            rx = re.compile(normalize_scope_pattern(p))
+            rx = compile_scope_regex(p)
             if not any(rx.fullmatch(k) for k in keys):
                 self._fail("patterns", p, difflib.get_close_matches(p, keys, n=3, cutoff=0.3))
         kinds = sorted({n.op for n in nodes} | {n.module_type for n in nodes})
