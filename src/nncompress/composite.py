@@ -17,6 +17,7 @@ from torch import nn
 
 from nncompress.algorithms.base import BaseBuilder, BaseController, export_compressed
 from nncompress.algorithms.selection import CaptureReport
+from nncompress.algorithms.state_fields import STATE_FORMAT_VERSION, state_list, state_mapping
 from nncompress.api.compression import (
     CompressionAlgorithmBuilder,
     CompressionAlgorithmController,
@@ -31,6 +32,12 @@ from nncompress.graph.layout import TransformationLayout
 from nncompress.torch.runtime import apply_layout
 
 
+def _child_states(state: Any, count: int, what: str) -> list[dict[str, Any]]:
+    """The ``child_states`` list of a composite loss or scheduler state, checked."""
+    children = state_list(state_mapping(state, what), "child_states", what, length=count)
+    return [dict(state_mapping(s, f"{what}.child_states[{i}]")) for i, s in enumerate(children)]
+
+
 class CompositeCompressionLoss(CompressionLoss):
     """The sum of several compression losses."""
 
@@ -43,8 +50,11 @@ class CompositeCompressionLoss(CompressionLoss):
         return reduce(lambda a, b: a + b, values) if values else 0.0
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Load each child's state (``state["child_states"]``, in order)."""
-        for loss, s in zip(self.child_losses, state.get("child_states", [])):
+        """Load each child's state (``state["child_states"]``, in order).
+
+        :raises CompressionStateError: unless ``child_states`` is a list of one dict per child.
+        """
+        for loss, s in zip(self.child_losses, _child_states(state, len(self.child_losses), "loss_state")):
             loss.load_state(s)
 
     def get_state(self) -> dict[str, Any]:
@@ -69,8 +79,11 @@ class CompositeCompressionScheduler(CompressionScheduler):
             s.epoch_step(next_epoch)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Load each child's state (``state["child_states"]``, in order)."""
-        for s, st in zip(self.child_schedulers, state.get("child_states", [])):
+        """Load each child's state (``state["child_states"]``, in order).
+
+        :raises CompressionStateError: unless ``child_states`` is a list of one dict per child.
+        """
+        for s, st in zip(self.child_schedulers, _child_states(state, len(self.child_schedulers), "scheduler_state")):
             s.load_state(st)
 
     def get_state(self) -> dict[str, Any]:
@@ -142,11 +155,11 @@ class CompositeCompressionAlgorithmController(CompressionAlgorithmController[nn.
         return merged
 
     def get_compression_state(self) -> dict[str, Any]:
-        """Merged builder states and controller states."""
+        """Merged builder states and controller states, with the state format version."""
         builder_state: dict[str, Any] = {}
         for c in self.child_ctrls:
             builder_state.update(c.get_compression_state()["builder_state"])
-        return {"builder_state": builder_state, "ctrl_state": self.get_state()}
+        return {"format_version": STATE_FORMAT_VERSION, "builder_state": builder_state, "ctrl_state": self.get_state()}
 
     def disable_scheduler(self) -> None:
         """Disable every child's scheduler."""
@@ -231,10 +244,17 @@ class CompositeCompressionAlgorithmBuilder(CompressionAlgorithmBuilder):
 
         :raises CompressionStateError: if the state's algorithms differ from this config's.
         """
+        state_mapping(state, "builder_state")
         names = sorted(b.name for b in self.child_builders)
-        if sorted(state) != names:
+        saved = sorted(map(str, state))
+        if saved != names or not all(isinstance(k, str) for k in state):
+            hint = ""
+            if "magnitude_sparsity" in saved and "const_sparsity" in names:
+                hint = (" To fine-tune a magnitude_sparsity checkpoint with const_sparsity (NNCF's workflow), create "
+                        "the const_sparsity model without compression_state and load the checkpoint's state_dict: "
+                        "its masks are taken over.")
             raise CompressionStateError(
-                f"the compression_state was saved for algorithms {sorted(state)}, but the config has {names}"
+                f"the compression_state was saved for algorithms {saved}, but the config has {names}.{hint}"
             )
         for b in self.child_builders:
             b.load_state(state[b.name])

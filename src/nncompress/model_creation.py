@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
 from nncompress.algorithms.context import CompressionContext
 from nncompress.algorithms.registry import BUILDERS
+from nncompress.algorithms.state_fields import check_format_version, state_mapping
 from nncompress.api.compression import CompressionAlgorithmController
 from nncompress.composite import CompositeCompressionAlgorithmBuilder
 from nncompress.config import AlgorithmSection, CompressionConfig
-from nncompress.errors import CompressionStateError, ConfigError, InputInfoError, InvalidArgumentError
+from nncompress.errors import (
+    CompressionStateError,
+    ConfigError,
+    InputInfoError,
+    InvalidArgumentError,
+    NNCompressError,
+)
 from nncompress.handles import register_controller
 from nncompress.torch.inputs import inputs_from_infos, split_batch
 from nncompress.torch.runtime import get_runtime, remove_runtime
@@ -75,14 +83,16 @@ def create_compressed_model(
     composite = CompositeCompressionAlgorithmBuilder(builders, context)
     if compression_state is not None:
         _check_state_shape(compression_state)
-        composite.load_state(compression_state["builder_state"])
+        with _state_errors():
+            composite.load_state(compression_state["builder_state"])
     try:
         composite.apply_to(model)
         ctrl = composite.build_controller(model)
         if compression_state is None:
             composite.initialize(model)
         else:
-            ctrl.load_state(compression_state["ctrl_state"])
+            with _state_errors():
+                ctrl.load_state(compression_state["ctrl_state"])
     except BaseException:
         remove_runtime(model)
         raise
@@ -117,8 +127,34 @@ def _check_unique_algorithms(sections: list[AlgorithmSection]) -> None:
 
 def _check_state_shape(state: Any) -> None:
     if not isinstance(state, Mapping) or not {"builder_state", "ctrl_state"} <= set(state):
-        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        keys = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
         raise CompressionStateError(
             f"compression_state must be the dict returned by ctrl.get_compression_state() with keys "
             f"'builder_state' and 'ctrl_state'; got {keys}"
         )
+    check_format_version(state)
+    extra = sorted(map(str, set(state) - {"format_version", "builder_state", "ctrl_state"}))
+    if extra:
+        raise CompressionStateError(
+            f"compression_state has unknown keys {extra}; allowed: 'format_version', 'builder_state', 'ctrl_state'"
+        )
+    state_mapping(state["builder_state"], "compression_state.builder_state")
+    state_mapping(state["ctrl_state"], "compression_state.ctrl_state")
+
+
+@contextmanager
+def _state_errors() -> Iterator[None]:
+    """Report a state that passed the field checks but still broke loading as a CompressionStateError.
+
+    Every field is checked where it is read; this is the net under checks an algorithm may lack,
+    so that a hand-edited state never surfaces as a bare KeyError or TypeError.
+    """
+    try:
+        yield
+    except NNCompressError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as err:
+        raise CompressionStateError(
+            f"the compression_state could not be loaded ({type(err).__name__}: {err}); it was edited or written "
+            "by another version. Resume with the state get_compression_state() returned."
+        ) from err

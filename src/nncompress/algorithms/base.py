@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +31,7 @@ from nncompress.torch.runtime import apply_layout, strip_runtime
 
 from .context import CompressionContext
 from .selection import CaptureReport
+from .state_fields import STATE_FORMAT_VERSION, state_field, state_int, state_list, state_mapping
 
 
 class ZeroCompressionLoss(nn.Module, CompressionLoss):
@@ -69,9 +71,15 @@ class BaseCompressionScheduler(CompressionScheduler):
         return {"current_step": self.current_step, "current_epoch": self.current_epoch}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore the counters without touching the compression method."""
-        self.current_step = int(state["current_step"])
-        self.current_epoch = int(state["current_epoch"])
+        """Restore the counters without touching the compression method.
+
+        :raises CompressionStateError: unless both counters are integers ``>= -1``; nothing is
+            changed then.
+        """
+        where = "scheduler_state"
+        step = state_int(state, "current_step", where, minimum=-1)
+        epoch = state_int(state, "current_epoch", where, minimum=-1)
+        self.current_step, self.current_epoch = step, epoch
 
 
 class StubScheduler(BaseCompressionScheduler):
@@ -156,9 +164,14 @@ class BaseBuilder(CompressionAlgorithmBuilder):
     def load_state(self, state: dict[str, Any]) -> None:
         """Resume from a saved builder state of the same config section.
 
-        :raises CompressionStateError: if the state was saved with a different section.
+        :raises CompressionStateError: if the state was saved with a different section, or is
+            not a builder state (``compressed_ops`` not a list of op names).
         """
-        saved = state.get("section")
+        where = f"builder_state.{self.algorithm}"
+        saved = state_field(state, "section", where)
+        ops = state_list(state, "compressed_ops", where)
+        if not all(isinstance(op, str) for op in ops):
+            raise CompressionStateError(f"{where}.compressed_ops: expected a list of op names (strings), got {ops!r}")
         if saved != self._section.section:
             raise CompressionStateError(
                 f"{self._section.json_path}: the compression_state was saved with a different "
@@ -215,25 +228,41 @@ class BaseController(CompressionAlgorithmController[nn.Module]):
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore scheduler and loss state (the model's tensors come from its ``state_dict``)."""
+        state_mapping(state, "ctrl_state")
         if self.name not in state:
             raise CompressionStateError(
-                f"the controller state has no entry for {self.name!r} (it has {sorted(state)}); "
+                f"the controller state has no entry for {self.name!r} (it has {sorted(map(str, state))}); "
                 "it was saved with a different config"
             )
-        mine = state[self.name]
-        self.scheduler.load_state(mine["scheduler_state"])
-        self.loss.load_state(mine["loss_state"])
+        where = f"ctrl_state.{self.name}"
+        mine = state_mapping(state[self.name], where)
+        scheduler_state = state_mapping(state_field(mine, "scheduler_state", where), f"{where}.scheduler_state")
+        loss_state = state_mapping(state_field(mine, "loss_state", where), f"{where}.loss_state")
+        self._check_extra_state(mine, where)
+        try:
+            self.scheduler.load_state(dict(scheduler_state))
+            self.loss.load_state(dict(loss_state))
+        except CompressionStateError as err:  # name the full path in the state
+            raise CompressionStateError(f"ctrl_state.{self.name}.{err}") from None
         self._load_extra_state(mine)
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _check_extra_state(self, state: Mapping[str, Any], where: str) -> None:
+        """Raise :class:`CompressionStateError` for a bad field of :meth:`_extra_state` (nothing loaded yet)."""
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
 
     def prepare_export_copy(self, model: nn.Module) -> None:
         """Last changes to a stripped copy before ONNX export (e.g. BatchNorm folding); none by default."""
 
     def get_compression_state(self) -> dict[str, Any]:
-        """:return: ``{"builder_state": ..., "ctrl_state": ...}`` for ``create_compressed_model``."""
-        return {"builder_state": {self.name: self._builder_state}, "ctrl_state": self.get_state()}
+        """:return: ``{"format_version": 1, "builder_state": ..., "ctrl_state": ...}`` for
+        ``create_compressed_model`` (see :data:`~nncompress.algorithms.state_fields.STATE_FORMAT_VERSION`)."""
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "builder_state": {self.name: copy.deepcopy(self._builder_state)},
+            "ctrl_state": self.get_state(),
+        }
 
     def strip_model(
         self, model: nn.Module, do_copy: bool = False, strip_format: StripFormat = StripFormat.NATIVE

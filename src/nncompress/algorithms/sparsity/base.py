@@ -10,8 +10,10 @@ from torch import nn
 
 from nncompress.api.compression import StripFormat
 from nncompress.api.statistics import CompressionStatistics, format_table
+from nncompress.errors import InvalidArgumentError
 from nncompress.graph.capture import CapturedGraph, OpNode
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
+from nncompress.torch.runtime import get_runtime
 
 from ..base import BaseController
 
@@ -20,6 +22,7 @@ SPARSIFIABLE_OPS = frozenset(
         "conv1d", "conv2d", "conv3d",
         "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
         "linear", "matmul", "mm", "bmm", "addmm",
+        "embedding", "embedding_bag",  # NNCF 2.x sparsifies Embedding / EmbeddingBag tables too
     }
 )  # fmt: skip
 
@@ -42,6 +45,19 @@ class SparsityMask(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """:return: ``weight * mask``."""
         return weight * self.mask
+
+    def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Run an ``embedding`` op on this mask's table, masking only the rows it reads.
+
+        ``F.embedding(ids, W * M) == F.embedding(ids, W) * F.embedding(ids, M)``, values and
+        gradients alike, at the cost of the rows looked up instead of the whole table. ``None``
+        with ``max_norm`` (which renormalises the table in place): the caller masks the whole table.
+        """
+        if kwargs.get("max_norm") is not None or (len(args) > 3 and args[3] is not None):
+            return None
+        ids = args[0] if args else kwargs["input"]
+        rows = func(*args, **kwargs)  # (..., d): gradients flow to the rows read
+        return rows * torch.nn.functional.embedding(ids, self.mask)
 
     def bake_(self, weight: torch.Tensor, strip_format: StripFormat) -> bool:
         """Zero the masked weights in place; the mask is then no longer needed (any format)."""
@@ -75,8 +91,9 @@ class SparsityStatistics:
     """Sparsity statistics of one algorithm.
 
     :param algorithm: ``magnitude_sparsity`` or ``const_sparsity``.
-    :param model_level: zeros in the masks over all parameters of the model.
-    :param layers_level: zeros in the masks over the sparsified weights.
+    :param model_level: as NNCF 2.x: zeros over all parameters of the model itself (sparsified
+        weights counted with their masks applied; the modules nncompress inserted not counted).
+    :param layers_level: zeros of the masked sparsified weights over their size.
     :param target_level: the level the schedule heads for (``None`` for const sparsity).
     :param current_level: the level currently set (``None`` for const sparsity).
     :param layers: one row per sparsified weight.
@@ -140,26 +157,45 @@ def mask_layout(
         param = model.get_parameter(w.qualified_name)
         mask = SparsityMask(param.detach())
         point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
-        layout.register(
-            InsertionCommand(point, mask, group, Priority.SPARSIFICATION, w.qualified_name in owner_only)
-        )
+        # embedding tables go through the hook mode, which masks only the rows looked up
+        local = w.qualified_name in owner_only and node.op != "embedding"
+        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, local))
         records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
     return layout, records
 
 
 class BaseSparsityController(BaseController):
-    """Statistics and compression rate from the masks of the sparsified weights."""
+    """Statistics and compression rate from the masked weights of the sparsified weights."""
 
     def __init__(self, model: nn.Module, builder: Any, weights: list[SparsifiedWeight]) -> None:
         super().__init__(model, builder)
         self.sparsified_weights = weights
 
+    def _zeros(self, rec: SparsifiedWeight) -> int:
+        """Zeros of a masked weight: masked out, or zero in the weight itself (as NNCF counts)."""
+        with torch.no_grad():
+            weight = self.model.get_parameter(rec.weight)
+            return int(((rec.mask.mask == 0) | (weight == 0)).sum())
+
     @property
     def compression_rate(self) -> float:
-        """Share of zeros in the masks of the sparsified weights."""
-        zeros = sum(int((rec.mask.mask == 0).sum()) for rec in self.sparsified_weights)
+        """Share of zeros in the masked sparsified weights (``statistics().layers_level``).
+
+        Setting it sets the sparsity level, where the algorithm allows it (see
+        :meth:`_set_compression_rate`).
+        """
+        zeros = sum(self._zeros(rec) for rec in self.sparsified_weights)
         total = sum(rec.mask.mask.numel() for rec in self.sparsified_weights)
         return zeros / total if total else 0.0
+
+    @compression_rate.setter
+    def compression_rate(self, level: float) -> None:
+        self._set_compression_rate(level)
+
+    def _set_compression_rate(self, level: float) -> None:
+        raise InvalidArgumentError(
+            f"{self.name} keeps the masks it has; its compression rate cannot be set (got {level!r})"
+        )
 
     @property
     def maximal_compression_rate(self) -> float:
@@ -169,20 +205,32 @@ class BaseSparsityController(BaseController):
     def _target_and_current(self) -> tuple[float | None, float | None]:
         return None, None
 
+    def _model_params(self) -> list[tuple[str, torch.Tensor]]:
+        """The model's own parameters: those of the modules nncompress inserted left out."""
+        runtime = get_runtime(self.model)
+        inserted = {id(p) for p in runtime.parameters()} if runtime is not None else set()
+        return [(n, p) for n, p in self.model.named_parameters() if id(p) not in inserted]
+
     def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
-        """Model-level and per-layer sparsity levels (counted from the masks)."""
+        """Model-level and per-layer sparsity levels, counted on the masked weights as NNCF 2.x."""
         layers = []
         zeros = total = 0
         for rec in self.sparsified_weights:
-            z = int((rec.mask.mask == 0).sum())
+            z = self._zeros(rec)
             n = rec.mask.mask.numel()
             zeros += z
             total += n
             layers.append(LayerSparsity(rec.weight, rec.shape, z / n, rec.threshold))
-        all_params = sum(p.numel() for p in self.model.parameters())
+        sparsified = {id(self.model.get_parameter(rec.weight)) for rec in self.sparsified_weights}
+        model_zeros, model_total = zeros, total
+        with torch.no_grad():
+            for _, p in self._model_params():
+                if id(p) not in sparsified:
+                    model_zeros += int((p == 0).sum())
+                    model_total += p.numel()
         target, current = self._target_and_current()
         stats = SparsityStatistics(
-            self.name, zeros / all_params if all_params else 0.0, zeros / total if total else 0.0,
+            self.name, model_zeros / model_total if model_total else 0.0, zeros / total if total else 0.0,
             target, current, layers,
         )
         result = CompressionStatistics()

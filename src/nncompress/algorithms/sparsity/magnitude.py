@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +25,14 @@ from torch import nn
 
 from nncompress.api.compression import CompressionStage
 from nncompress.config import AlgorithmSection
-from nncompress.errors import ConfigError, InvalidArgumentError
+from nncompress.errors import CompressionStateError, ConfigError, InvalidArgumentError
 from nncompress.functional import schedules as fs
 from nncompress.functional import sparsity as fsp
 from nncompress.graph.layout import Priority, TransformationLayout
 
 from ..base import BaseBuilder
 from ..selection import select_weighted_ops
+from ..state_fields import state_bool, state_level, state_list
 from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, mask_layout
 from .schedulers import (
     AdaptiveSparsityScheduler,
@@ -91,6 +93,15 @@ class MagnitudeSparsityParams:
                 "the schedule raises the level from sparsity_init to sparsity_target",
                 result.sparsity_init,
             )
+        levels = (
+            [("params.multistep_sparsity_levels", v) for v in result.multistep_sparsity_levels]
+            if result.schedule == "multistep"
+            else [("sparsity_init", result.sparsity_init), ("params.sparsity_target", result.sparsity_target)]
+        )
+        for key, value in levels:
+            if not 0.0 <= value < 1.0:  # False for NaN
+                raise ConfigError(f"{section.json_path}.{key}", "a magnitude sparsity level must be in [0, 1) "
+                                  "(1.0 would zero every weight)", value)
         if result.update_per_optimizer_step and result.schedule != "polynomial":
             warnings.warn(
                 f"{section.json_path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
@@ -155,12 +166,12 @@ class MagnitudeSparsityController(BaseSparsityController):
         ``local`` mode, or when ``layer`` names one weight, each gets its own. Does nothing once
         the masks are frozen.
 
-        :param level: sparsity level in [0, 1].
+        :param level: sparsity level in ``[0, 1)``, as NNCF 2.x (1.0 would zero every weight).
         :param layer: the qualified weight name (``features.0.weight``) to set alone.
-        :raises InvalidArgumentError: for a level outside [0, 1] or an unknown layer.
+        :raises InvalidArgumentError: for a level outside ``[0, 1)`` (NaN included) or an unknown layer.
         """
-        if not 0.0 <= float(level) <= 1.0:
-            raise InvalidArgumentError(f"sparsity level {level!r} is outside [0, 1]")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
+            raise InvalidArgumentError(f"sparsity level must be a number in [0, 1), got {level!r}")
         if self.frozen:
             return
         records = self.sparsified_weights
@@ -183,16 +194,28 @@ class MagnitudeSparsityController(BaseSparsityController):
         if layer is None:
             self.current_level = float(level)
 
-    def freeze(self) -> None:
-        """Stop all further mask updates (``sparsity_freeze_epoch``)."""
-        self.frozen = True
+    def freeze(self, freeze: bool = True) -> None:
+        """Stop (or, with ``False``, resume) mask updates; the scheduler freezes at ``sparsity_freeze_epoch``."""
+        self.frozen = bool(freeze)
+
+    def _set_compression_rate(self, level: float) -> None:
+        """As NNCF 2.x's setter (used by accuracy-aware training): unfreeze, set ``level``, freeze."""
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
+            raise InvalidArgumentError(f"compression_rate (the sparsity level) must be in [0, 1), got {level!r}")
+        self.freeze(False)
+        self.set_sparsity_level(level)
+        self.freeze(True)
 
     def compression_stage(self) -> CompressionStage:
-        """UNCOMPRESSED at level 0, FULLY_COMPRESSED at the target level, PARTIALLY in between."""
-        if self.current_level == 0:
-            return CompressionStage.UNCOMPRESSED
+        """As NNCF 2.x: in ``local`` mode always FULLY_COMPRESSED (no schedule drives the level);
+        in ``global`` mode FULLY_COMPRESSED from the target level on, UNCOMPRESSED at level 0,
+        PARTIALLY_COMPRESSED in between."""
+        if self.params.sparsity_level_setting_mode == "local":
+            return CompressionStage.FULLY_COMPRESSED
         if self.current_level >= self.params.final_level:
             return CompressionStage.FULLY_COMPRESSED
+        if self.current_level == 0:
+            return CompressionStage.UNCOMPRESSED
         return CompressionStage.PARTIALLY_COMPRESSED
 
     def _target_and_current(self) -> tuple[float | None, float | None]:
@@ -204,7 +227,16 @@ class MagnitudeSparsityController(BaseSparsityController):
                       for r in self.sparsified_weights]
         return {"current_level": self.current_level, "frozen": self.frozen, "thresholds": thresholds}
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _check_extra_state(self, state: Mapping[str, Any], where: str) -> None:
+        state_level(state, "current_level", where)
+        state_bool(state, "frozen", where)
+        thresholds = state_list(state, "thresholds", where, length=len(self.sparsified_weights))
+        for i, thr in enumerate(thresholds):
+            if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
+                                    or not math.isfinite(thr)):
+                raise CompressionStateError(f"{where}.thresholds[{i}]: expected a finite number or null, got {thr!r}")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.current_level = float(state["current_level"])
         self.frozen = bool(state["frozen"])
         for rec, thr in zip(self.sparsified_weights, state["thresholds"]):

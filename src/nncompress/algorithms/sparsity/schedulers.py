@@ -1,17 +1,31 @@
 """Sparsity schedulers: thin classes that keep counters and call the pure schedule functions.
 
 The level for an epoch comes from :mod:`nncompress.functional.schedules`; a scheduler only
-counts steps and epochs (as NNCF 2.x did), asks the controller to set the level, and freezes
-the masks from ``sparsity_freeze_epoch`` on.
+counts steps and epochs as NNCF 2.x's ``nncf/common/sparsity/schedulers.py`` did, asks the
+controller to set the level, and freezes the masks from ``sparsity_freeze_epoch`` on. The calls
+to the controller come in NNCF's order, so the levels set are NNCF's, call for call:
+
+- on every update the masks are frozen first once ``current_epoch >= sparsity_freeze_epoch``,
+  then the level is set (a frozen controller ignores it: the freeze epoch keeps the level of the
+  epoch before);
+- per-epoch schedules update on ``epoch_step()``; the polynomial schedule with
+  ``update_per_optimizer_step`` updates on ``step()`` only;
+- without ``steps_per_epoch`` that schedule counts the ``step()`` calls up to the first
+  ``epoch_step()`` that follows some steps; until then ``epoch_step()`` does not advance the
+  epoch (NNCF "skips" the measuring epoch) and the level stays ``sparsity_init``;
+- the adaptive schedule updates on every ``epoch_step()``, the first one included.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from nncompress.functional import schedules as fs
 
 from ..base import BaseCompressionScheduler
+from ..state_fields import state_bool, state_int, state_level
 
 
 class SparsityLevelTarget(Protocol):
@@ -48,18 +62,24 @@ class SparsityScheduler(BaseCompressionScheduler):
         self.freeze_epoch = freeze_epoch
         self.current_level = initial
 
+    @property
+    def current_sparsity_level(self) -> float:
+        """The level the schedule gave last (NNCF's name for :attr:`current_level`)."""
+        return self.current_level
+
     def level_for_current_position(self) -> float:
         """The level the schedule gives for the current epoch (and step)."""
         raise NotImplementedError
 
     def epoch_step(self, next_epoch: int | None = None) -> None:
-        """Move to the next epoch, set its level, freeze if the freeze epoch is reached."""
+        """Move to the next epoch, freeze if the freeze epoch is reached, set the epoch's level."""
         super().epoch_step(next_epoch)
         self._update(always=True)
-        if self.current_epoch >= self.freeze_epoch:
-            self._target.freeze()
 
     def _update(self, always: bool) -> None:
+        # NNCF's order: freeze first, then set (ignored once frozen)
+        if self.current_epoch >= self.freeze_epoch:
+            self._target.freeze()
         level = self.level_for_current_position()
         if always or level != self.current_level:
             self._target.set_sparsity_level(level)
@@ -69,17 +89,31 @@ class SparsityScheduler(BaseCompressionScheduler):
         """Counters and the current level."""
         return {**super().get_state(), "current_level": self.current_level}
 
+    def _read_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """This class's fields of ``state``, checked (subclasses add theirs)."""
+        return {"current_level": state_level(state, "current_level", "scheduler_state")}
+
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore counters and level; the masks come from the model's ``state_dict``."""
+        """Restore counters and level; the masks come from the model's ``state_dict``.
+
+        :raises CompressionStateError: for a missing or bad field; nothing is changed then.
+        """
+        fields = self._read_state(state)
         super().load_state(state)
-        self.current_level = float(state["current_level"])
+        for name, value in fields.items():
+            setattr(self, name, value)
 
 
 class PolynomialSparsityScheduler(SparsityScheduler):
     """Polynomial schedule, per epoch or (``update_per_optimizer_step``) per optimizer step.
 
-    When ``steps_per_epoch`` is not given, it is measured in the first epoch: per-step updates
-    start in the second epoch.
+    Per step, the level of step ``i`` (zero-based) of epoch ``e`` is the polynomial at
+    ``e + i / steps_per_epoch``. When ``steps_per_epoch`` is not given, it is the number of
+    ``step()`` calls made before the first ``epoch_step()`` that follows steps; that first epoch is
+    not counted (``current_epoch`` and ``current_step`` stay put, the level stays
+    ``sparsity_init``), exactly as NNCF 2.x. An epoch with another number of steps than
+    ``steps_per_epoch`` raises a warning (NNCF raised an exception); the extra steps keep the
+    level of the epoch's last planned step.
     """
 
     def __init__(
@@ -101,6 +135,7 @@ class PolynomialSparsityScheduler(SparsityScheduler):
         self.per_step = per_step
         self.steps_per_epoch = steps_per_epoch
         self.steps_in_epoch = 0
+        self.skipping_epoch = False
 
     def level_for_current_position(self) -> float:
         """Polynomial level at the current (fractional) epoch."""
@@ -113,28 +148,56 @@ class PolynomialSparsityScheduler(SparsityScheduler):
         )
 
     def epoch_step(self, next_epoch: int | None = None) -> None:
-        """As the base, after measuring ``steps_per_epoch`` at the end of the first epoch."""
-        if self.per_step and self.steps_per_epoch is None and self.current_epoch == 0 and self.steps_in_epoch:
-            self.steps_per_epoch = self.steps_in_epoch
+        """Move to the next epoch; per step, learn ``steps_per_epoch`` first (or skip the epoch)."""
+        if self.per_step:
+            self._learn_steps_per_epoch()
+            self.skipping_epoch = self.steps_per_epoch is None
+            if self.skipping_epoch:
+                warnings.warn(
+                    "update_per_optimizer_step is set without params.steps_per_epoch: this epoch counts the "
+                    "optimizer steps and the sparsity level starts changing after the next epoch_step()",
+                    stacklevel=2,
+                )
+                return
         self.steps_in_epoch = 0
-        super().epoch_step(next_epoch)
+        if self.per_step:  # the level changes on step() only
+            BaseCompressionScheduler.epoch_step(self, next_epoch)
+        else:
+            super().epoch_step(next_epoch)
+
+    def _learn_steps_per_epoch(self) -> None:
+        counted = self.steps_in_epoch
+        if self.steps_per_epoch is None and counted > 0:
+            self.steps_per_epoch = counted
+        elif self.steps_per_epoch is not None and counted > 0 and counted != self.steps_per_epoch:
+            warnings.warn(
+                f"this epoch had {counted} optimizer steps, but steps_per_epoch is {self.steps_per_epoch}; "
+                "the per-step sparsity schedule assumes the same number of steps in every epoch",
+                stacklevel=3,
+            )
 
     def step(self, next_step: int | None = None) -> None:
         """Count the step; with per-step updates, set the new level if it changed."""
-        super().step(next_step)
         self.steps_in_epoch += 1
-        if self.per_step and self.steps_per_epoch:
+        if self.skipping_epoch:
+            return
+        super().step(next_step)
+        if self.per_step:
             self._update(always=False)
 
     def get_state(self) -> dict[str, Any]:
         """Adds the step counters."""
-        return {**super().get_state(), "steps_in_epoch": self.steps_in_epoch, "steps_per_epoch": self.steps_per_epoch}
+        return {**super().get_state(), "steps_in_epoch": self.steps_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "skipping_epoch": self.skipping_epoch}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restores the step counters too."""
-        super().load_state(state)
-        self.steps_in_epoch = int(state["steps_in_epoch"])
-        self.steps_per_epoch = state["steps_per_epoch"]
+    def _read_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        where = "scheduler_state"
+        return {
+            **super()._read_state(state),
+            "steps_in_epoch": state_int(state, "steps_in_epoch", where, minimum=0),
+            "steps_per_epoch": state_int(state, "steps_per_epoch", where, minimum=1, optional=True),
+            "skipping_epoch": state_bool(state, "skipping_epoch", where),
+        }
 
 
 class ExponentialSparsityScheduler(SparsityScheduler):
@@ -168,7 +231,11 @@ class MultiStepSparsityScheduler(SparsityScheduler):
 
 
 class AdaptiveSparsityScheduler(SparsityScheduler):
-    """Raises the level by ``step`` once the measured sparsity has caught up for ``patience`` epochs."""
+    """Raises the level by ``step`` once the measured sparsity has caught up for ``patience`` epochs.
+
+    As NNCF 2.x, every ``epoch_step()`` (the first one included) compares the measured sparsity
+    with the level of the epoch before and may raise it.
+    """
 
     def __init__(
         self,
@@ -188,8 +255,6 @@ class AdaptiveSparsityScheduler(SparsityScheduler):
 
     def level_for_current_position(self) -> float:
         """The level after this epoch's adaptive update (updates the bad-epoch counter)."""
-        if self.current_epoch <= 0:
-            return self.current_level
         level, self.num_bad_epochs = fs.adaptive_level(
             self.current_level, self._target.compression_rate, self.num_bad_epochs, self.patience,
             self.level_step, self.target_level, self.eps,
@@ -200,7 +265,6 @@ class AdaptiveSparsityScheduler(SparsityScheduler):
         """Adds the bad-epoch counter."""
         return {**super().get_state(), "num_bad_epochs": self.num_bad_epochs}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restores the bad-epoch counter too."""
-        super().load_state(state)
-        self.num_bad_epochs = int(state["num_bad_epochs"])
+    def _read_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super()._read_state(state),
+                "num_bad_epochs": state_int(state, "num_bad_epochs", "scheduler_state", minimum=0)}
