@@ -26,7 +26,7 @@ from typing import Any
 
 from nncompress.config.json_text import load_json_file
 from nncompress.config.schema import INPUT_DTYPES, INPUT_FILLERS
-from nncompress.config.validation import validate_config
+from nncompress.config.validation import check_json_tree, validate_config
 from nncompress.errors import ConfigError, InvalidArgumentError, UnsupportedAlgorithmError
 
 PLANNED_ALGORITHMS: frozenset[str] = frozenset(
@@ -172,6 +172,7 @@ class CompressionConfig(dict[str, Any]):
         """
         if not isinstance(data, Mapping):
             raise ConfigError("", f"a config must be a mapping, got {type(data).__name__}", data)
+        check_json_tree(data)  # before the copy: deepcopy recurses, and fails on non-JSON objects
         config = cls(copy.deepcopy(dict(data)))
         config.validate()
         return config

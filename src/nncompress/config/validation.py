@@ -8,6 +8,7 @@ allowed, with a did-you-mean suggestion for mistyped keys, enum values and algor
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from nncompress.config.schema import CONFIG_SCHEMA, KNOWN_ALGORITHMS
 from nncompress.errors import ConfigError, UnknownAlgorithmError
 
 _VALIDATOR = jsonschema.Draft7Validator(CONFIG_SCHEMA)
+MAX_DEPTH = 64
+"""How deep objects and lists may nest in a config; NNCF 2.x configs nest at most about 8 levels."""
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TYPE_NAMES = {
     "number": "a number",
@@ -162,6 +165,90 @@ def _is_unknown_algorithm(error: ValidationError) -> bool:
     )
 
 
+def check_json_tree(data: Any) -> None:
+    """Check that ``data`` is plain JSON data before it is copied or validated against the schema.
+
+    Objects must have string keys, numbers must be finite (JSON has no NaN or Infinity, which
+    Python's ``json`` module accepts anyway) and nesting must stay within :data:`MAX_DEPTH`
+    levels. The walk is iterative, so a deep or self-referencing value cannot overflow the stack.
+
+    :param data: the parsed config, or a mapping given to ``from_dict``.
+    :raises ConfigError: naming the JSON path and the bad key or value.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(
+                format_json_path(path[:3]),
+                f"objects and lists nest more than {MAX_DEPTH} levels deep below here "
+                f"(a config may nest at most {MAX_DEPTH} levels)",
+            )
+        if isinstance(value, bool) or value is None or isinstance(value, int | str):
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(
+                    format_json_path(path),
+                    f"{value!r} is not allowed; expected a finite number (JSON has no NaN or Infinity)",
+                    value,
+                )
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        format_json_path(path),
+                        f"key {key!r} ({type(key).__name__}) is not allowed; object keys must be strings",
+                        key,
+                    )
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list | tuple):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+        else:
+            raise ConfigError(
+                format_json_path(path),
+                f"expected a JSON value (object, list, string, number, boolean or null), "
+                f"got {type(value).__name__} {_show(value)}",
+                value,
+            )
+
+
+def check_scope_regexes(data: Mapping[str, Any]) -> None:
+    """Every ``{re}`` scope in ``ignored_scopes``, ``target_scopes`` and ``scope_overrides`` compiles.
+
+    :param data: a config that passed the schema.
+    :raises ConfigError: naming the JSON path, the pattern and the regex error.
+    """
+    compression = data.get("compression")
+    sections = [compression] if isinstance(compression, Mapping) else list(compression or [])
+    for i, section in enumerate(sections):
+        base: tuple[str | int, ...] = ("compression",) if isinstance(compression, Mapping) else ("compression", i)
+        entries: list[tuple[tuple[str | int, ...], str]] = []
+        for key in ("ignored_scopes", "target_scopes"):
+            scopes = section.get(key)
+            if isinstance(scopes, str):
+                entries.append(((*base, key), scopes))
+            elif isinstance(scopes, list):
+                entries.extend(((*base, key, j), s) for j, s in enumerate(scopes))
+        overrides = section.get("scope_overrides")
+        for group in ("activations", "weights"):
+            by_scope = overrides.get(group) if isinstance(overrides, Mapping) else None
+            if isinstance(by_scope, Mapping):
+                entries.extend(((*base, "scope_overrides", group, s), s) for s in by_scope)
+        for path, scope in entries:
+            if not scope.startswith("{re}"):
+                continue
+            try:
+                re.compile(scope[len("{re}") :])
+            except re.error as err:
+                raise ConfigError(
+                    format_json_path(path),
+                    f"{scope!r} is not a regular expression ({err}); allowed: '{{re}}' followed by a "
+                    "Python regular expression, or a plain scope name",
+                    scope,
+                ) from err
+
+
 def validate_config(data: Mapping[str, Any]) -> None:
     """Validate a config against the NNCF 2.x schema.
 
@@ -169,12 +256,15 @@ def validate_config(data: Mapping[str, Any]) -> None:
 
     :param data: the parsed config.
     :raises UnknownAlgorithmError: a ``compression`` section names an algorithm NNCF 2.x never had.
-    :raises ConfigError: any other violation of the schema.
+    :raises ConfigError: any other violation of the schema, a non-string key, NaN or Infinity,
+        nesting deeper than :data:`MAX_DEPTH`, or a ``{re}`` scope that is not a regular expression.
     """
     if not isinstance(data, Mapping):
         raise ConfigError("", f"a config must be a JSON object, got {_json_type(data)}", data)
+    check_json_tree(data)
     errors = list(_VALIDATOR.iter_errors(dict(data)))
     if not errors:
+        check_scope_regexes(data)
         return
     for error in errors:
         if _is_unknown_algorithm(error) and isinstance(error.instance, str):
