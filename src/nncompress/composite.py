@@ -27,7 +27,7 @@ from nncompress.api.compression import (
     StripFormat,
 )
 from nncompress.api.statistics import CompressionStatistics
-from nncompress.errors import CompressionStateError
+from nncompress.errors import CompressionStateError, InvalidArgumentError
 from nncompress.graph.layout import TransformationLayout
 from nncompress.torch.runtime import apply_layout
 
@@ -121,8 +121,17 @@ class CompositeCompressionAlgorithmController(CompressionAlgorithmController[nn.
 
     @property
     def compression_rate(self) -> float:
-        """The first child's rate (NNCF has no common definition for a combination); 0 without children."""
+        """The first child's rate (NNCF has no common definition for a combination); 0 without children.
+
+        Setting it sets the first child's rate (e.g. the sparsity level of a sparsity algorithm).
+        """
         return self.child_ctrls[0].compression_rate if self.child_ctrls else 0.0
+
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        if not self.child_ctrls:
+            raise InvalidArgumentError(f"no algorithm to set the compression rate of (got {value!r})")
+        self.child_ctrls[0].compression_rate = value  # type: ignore[misc]
 
     @property
     def maximal_compression_rate(self) -> float:
