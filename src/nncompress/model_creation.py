@@ -22,6 +22,7 @@ from nncompress.errors import (
     NNCompressError,
 )
 from nncompress.handles import register_controller
+from nncompress.torch.calibration import refuse_inference_mode
 from nncompress.torch.inputs import inputs_from_infos, split_batch
 from nncompress.torch.runtime import get_runtime, remove_runtime
 
@@ -67,7 +68,9 @@ def create_compressed_model(
     :param init_data: batches for initialisers (``(inputs, target)`` pairs, tensors, dicts).
     :param example_input: one batch for capture and export, instead of ``input_info``.
     :return: ``(controller, model)``.
+    :raises InvalidArgumentError: for a bad argument, or a call under ``torch.inference_mode()``.
     """
+    refuse_inference_mode("create_compressed_model()")
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if get_runtime(model) is not None:

@@ -21,6 +21,7 @@ The result holds the same learnable fake quantizers as QAT: export it with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -48,8 +49,8 @@ from nncompress.functional.smoothing import scaled_tensor_range
 from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
 from nncompress.handles import register_controller
-from nncompress.torch.calibration import batch_size, call_model
-from nncompress.torch.inputs import ModelInputs, split_batch
+from nncompress.torch.calibration import batch_size, call_model, refuse_inference_mode
+from nncompress.torch.inputs import ModelInputs, dtype_mismatch, split_batch
 from nncompress.torch.runtime import apply_layout, get_runtime, remove_runtime
 
 from .bias_correction import BiasTarget, apply_shift, bias_targets, layer_weight
@@ -118,10 +119,13 @@ def quantize(
     :param ignored_scope: operations to leave in float.
     :param advanced_parameters: range estimator, SmoothQuant alpha, in-place, progress...
     :return: the quantized model (same class; inserted modules under ``model.nncompress``).
-    :raises InvalidArgumentError: for a bad argument; :class:`InitDataError` for an empty dataset,
-        items the model cannot take or NaN/inf activations (naming the op).
+    :raises InvalidArgumentError: for a bad argument, a model ``copy.deepcopy`` cannot copy, or a
+        call under ``torch.inference_mode()``; :class:`InitDataError` for an empty dataset, items the
+        model cannot take (an input dtype that does not match the model's is named) or NaN/inf
+        activations (naming the op). The model is unchanged after any error.
     """
     start = time.perf_counter()
+    refuse_inference_mode("quantize()")
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if get_runtime(model) is not None:
@@ -143,7 +147,7 @@ def quantize(
     if not isinstance(calibration_dataset, Dataset):
         calibration_dataset = Dataset(calibration_dataset)
     samples, count = _take_samples(calibration_dataset, subset_size)
-    target = model if adv.inplace else copy.deepcopy(model)
+    target = model if adv.inplace else _copy_model(model)
     backup = {k: v.detach().clone() for k, v in model.state_dict().items()} if adv.inplace else None
     try:
         summary = _quantize(
@@ -158,6 +162,19 @@ def quantize(
     if adv.progress:
         print(summary, file=sys.stderr)
     return target
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, or a clear error saying how to go on without a copy."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"quantize() works on a copy of the model and copy.deepcopy(model) failed: {type(exc).__name__}: "
+            f"{exc}. Make the model deep-copyable (e.g. keep locks, open files or generators out of its "
+            "attributes) or pass advanced_parameters=AdvancedQuantizationParameters(inplace=True) to "
+            "quantize the model itself; the model was not changed"
+        ) from exc
 
 
 def _take_samples(dataset: Dataset, subset_size: int) -> tuple[list[ModelInputs], int]:
@@ -201,7 +218,10 @@ def _quantize(
         try:
             graph = context.graph_for(model)
         except CaptureError as exc:
-            raise InitDataError(f"calibration item 0 does not fit the model: {exc}") from exc
+            hint = dtype_mismatch(model, *samples[0], exc)
+            raise InitDataError(
+                "calibration item 0 does not fit the model: " + (f"{hint}. " if hint else "") + str(exc)
+            ) from exc
         if ignored is not None:
             ignored.check(graph)
         transformer = model_type is ModelType.TRANSFORMER or (model_type is None and is_transformer(graph))
@@ -344,17 +364,29 @@ def _statistics_pass(
     for g in groups:
         g.scales[0].recording = True  # the group's layers read one tensor: record it once
     handles = [model.get_submodule(t.module).register_forward_pre_hook(t.hook) for t in targets]
+    failed = True
     try:
         _run_pass(model, samples, count, "Statistics", adv.progress)
+        failed = False
     finally:
         for h in handles:
             h.remove()
-        for q in collecting:
-            q.finish_collecting()
+        _finish_collecting(collecting, failed)
         for q in off:
             q.enabled = True
         for cs in scales:
             cs.collecting = cs.recording = False
+
+
+def _finish_collecting(quantizers: list[FakeQuantizer], failed: bool) -> None:
+    """End range collection. After a failed pass the quantizers only stop collecting: an error from
+    setting a range out of partial (or no) statistics must not hide the error that stopped the pass."""
+    for q in quantizers:
+        if failed:
+            with contextlib.suppress(Exception):
+                q.finish_collecting()
+        else:
+            q.finish_collecting()
 
 
 def _set_smoothed_range(q: FakeQuantizer, group: SmoothGroup, estimator: str) -> bool:
@@ -387,11 +419,12 @@ def _percentile_pass(
     for q in pending:
         q.enabled = True
         q.start_collecting(estimator, *percentiles)
+    failed = True
     try:
         _run_pass(model, samples, count, "Smoothed ranges", progress)
+        failed = False
     finally:
-        for q in pending:
-            q.finish_collecting()
+        _finish_collecting(pending, failed)
         for q, on in zip(quantizers, was):
             q.enabled = on
 
@@ -400,5 +433,10 @@ def _run_pass(model: nn.Module, samples: list[ModelInputs], count: int, desc: st
     with tqdm(total=count, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         with torch.inference_mode():
             for i, (args, kwargs) in enumerate(samples):
-                call_model(model, args, kwargs, f"calibration item {i}")
+                try:
+                    call_model(model, args, kwargs, f"calibration item {i}")
+                except InitDataError as exc:
+                    if str(exc).startswith("calibration item"):
+                        raise
+                    raise InitDataError(f"calibration item {i}: {exc}") from exc
                 bar.update(batch_size(args, kwargs))

@@ -9,8 +9,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nncompress.errors import InitDataError, NNCompressError
-from nncompress.torch.inputs import split_batch
+from nncompress.errors import InitDataError, InvalidArgumentError, NNCompressError
+from nncompress.torch.inputs import dtype_mismatch, split_batch
+
+
+def refuse_inference_mode(entry: str) -> None:
+    """Refuse to compress a model while ``torch.inference_mode()`` is on.
+
+    Tensors made under inference mode can never take part in autograd, so the inserted
+    quantizer steps and masks would be frozen for good and later training, export tracing or
+    resuming would fail far from the cause.
+
+    :param entry: the function called, e.g. ``"quantize()"``.
+    :raises InvalidArgumentError: when inference mode is on; nothing has been changed.
+    """
+    if torch.is_inference_mode_enabled():
+        raise InvalidArgumentError(
+            f"{entry} was called under torch.inference_mode(): the parameters it inserts would be "
+            "inference tensors that can never be trained, exported by tracing or resumed. Call it outside "
+            "the `with torch.inference_mode():` block (torch.no_grad() is fine); the model was not changed"
+        )
 
 
 def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -23,14 +41,19 @@ def call_model(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], 
     """``model(*args, **kwargs)``; a failure other than our own errors becomes an :class:`InitDataError`.
 
     :param what: names the batch in the message, e.g. ``"init_data batch 3"``.
-    :raises InitDataError: ``"<what> does not fit the model: <error>"``.
+    :raises InitDataError: ``"<what> does not fit the model: <error>"``; when an input's dtype
+        does not match the model's parameters, the message says which input, its dtype and what
+        is allowed.
     """
     try:
         return model(*args, **kwargs)
     except NNCompressError:
         raise
     except Exception as exc:
-        raise InitDataError(f"{what} does not fit the model: {type(exc).__name__}: {exc}") from exc
+        hint = dtype_mismatch(model, args, kwargs, exc)
+        raise InitDataError(
+            f"{what} does not fit the model: " + (f"{hint}. " if hint else "") + f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def forward_batches(

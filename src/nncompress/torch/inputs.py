@@ -7,6 +7,7 @@ tensors or dicts of keyword inputs; :func:`split_batch` turns each into ``(args,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,51 @@ def inputs_from_infos(infos: Sequence[InputInfo]) -> ModelInputs:
         else:
             args.append(t)
     return tuple(args), kwargs
+
+
+def _parameter_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The floating-point dtype of the model's first floating-point parameter or buffer."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def dtype_mismatch(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   error: BaseException) -> str | None:
+    """Explain a forward that failed on an input of the wrong dtype (int64 images into a float conv).
+
+    Integer inputs are right for token ids, so dtypes are only questioned once the forward has
+    failed with an error about a dtype.
+
+    :param model: the model that failed.
+    :param args: its positional inputs.
+    :param kwargs: its keyword inputs.
+    :param error: what the forward raised (the cause chain is read too).
+    :return: a sentence naming each suspicious input, its dtype and the allowed dtype, or ``None``.
+    """
+    text = ""
+    seen: BaseException | None = error
+    while seen is not None and len(text) < 10_000:
+        text += f" {seen}"
+        seen = seen.__cause__
+    if not re.search(r"scalar type|dtype|Input type|weight type|should be the same|must have the same", text):
+        return None
+    want = _parameter_dtype(model)
+    if want is None:
+        return None
+    inputs = [(f"input {i}", t) for i, t in enumerate(args)] + [(f"input {k!r}", t) for k, t in kwargs.items()]
+    bad = [(name, t.dtype) for name, t in inputs if isinstance(t, torch.Tensor) and t.dtype != want]
+    if not bad:
+        return None
+    listed = ", ".join(f"{name} is {str(dtype).replace('torch.', '')}" for name, dtype in bad)
+    allowed = str(want).replace("torch.", "")
+    integer = any(not dtype.is_floating_point and not dtype.is_complex for _, dtype in bad)
+    example = f"x.to(torch.{allowed}) / 255 for 8-bit images" if integer else f"x.to(torch.{allowed})"
+    return (
+        f"{listed}, but the model's parameters are {allowed}: inputs that feed its layers must be {allowed} "
+        f"(integer tensors only where the model takes ids, e.g. an embedding); convert them first, e.g. {example}"
+    )
 
 
 def split_batch(batch: Any) -> ModelInputs:
