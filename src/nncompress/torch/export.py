@@ -4,11 +4,13 @@ The TorchScript-based exporter (``dynamo=False``) is used: it handles data-depen
 control flow by tracing the path the example input takes, and turns PyTorch's native
 fake-quantize ops into QuantizeLinear/DequantizeLinear. The file is written under a temporary
 name in the target folder and renamed, so a failed export leaves no partial file and an
-existing file is replaced only by a complete one.
+existing file is replaced only by a complete one. Folders created for the file are removed again
+when the export fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -73,6 +75,50 @@ def _batch_axes(input_names: list[str], tensors: tuple[Any, ...]) -> dict[str, d
     }
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents.
+
+    :return: the folders created, outermost first.
+    :raises ExportError: naming the folder that cannot be created and why (a file is in the way,
+        no permission...); the folders created before the failure are removed again.
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.exists():
+        if current.is_symlink():  # a dangling link: mkdir would fail with a confusing error
+            raise ExportError(f"cannot create the folder {str(folder)!r}: {str(current)!r} is a broken symlink")
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    if not missing and not folder.is_dir():
+        raise ExportError(f"cannot write into {str(folder)!r}: it is a file, not a folder")
+    if missing and current.exists() and not current.is_dir():
+        raise ExportError(
+            f"cannot create the folder {str(folder)!r}: {str(current)!r} is a file, not a folder"
+        )
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to remove
+        except OSError as exc:
+            _remove_folders(created)
+            raise ExportError(
+                f"cannot create the folder {str(path)!r} for the export: {exc.strerror or exc}"
+            ) from exc
+        created.append(path)
+    return created
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Remove folders made by :func:`_make_folders`, innermost first, where they are still empty."""
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
 def export_onnx(
     model: nn.Module,
     inputs: ModelInputs,
@@ -90,10 +136,26 @@ def export_onnx(
     :param input_names: names of the graph inputs (default ``input_0``... then keyword names);
         axis 0 of each input is exported as a dynamic batch axis.
     :param output_names: names of the graph outputs.
-    :raises ExportError: if the exporter fails; nothing is written then.
+    :raises ExportError: if the folder cannot be created or the exporter fails; nothing is written
+        then, and no folder is left behind.
     """
-    target = Path(save_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target = Path(save_path)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"save_path must be a path (str or os.PathLike), got {save_path!r}") from exc
+    if not target.name:
+        raise InvalidArgumentError(f"save_path must name a file, got {str(save_path)!r}")
+    created = _make_folders(target.parent)
+    try:
+        _export(model, inputs, target, opset, input_names, output_names)
+    except BaseException:
+        _remove_folders(created)
+        raise
+
+
+def _export(model: nn.Module, inputs: ModelInputs, target: Path, opset: int,
+            input_names: list[str] | None, output_names: list[str] | None) -> None:
+    """:func:`export_onnx` once the folder exists: export under a temporary name, then rename."""
     args, kwargs = inputs
     runnable: nn.Module = _KeywordInputs(model, len(args), list(kwargs)) if kwargs else model
     export_args = (*args, *kwargs.values())
