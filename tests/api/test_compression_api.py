@@ -10,9 +10,10 @@ import pytest
 
 import nncompress.api.compression as api
 from nncompress.api.compression import CompressionStage, StripFormat
-from tests.conftest import SHARED
+from tests.conftest import SHARED, require_shared
 
 SPEC = SHARED / "spec" / "000_c49751db0b90cfbf.txt"
+require_shared(SPEC, "the API spec")
 
 U, P, F = (
     CompressionStage.UNCOMPRESSED,
@@ -23,8 +24,6 @@ U, P, F = (
 
 def _spec_members() -> list[tuple[str, str, str, list[str]]]:
     """(class, kind, name, parameter names) for every member the spec documents."""
-    if not SPEC.exists():
-        pytest.skip(f"spec not found at {SPEC}")
     members = []
     cls = None
     for line in SPEC.read_text().splitlines():
@@ -50,7 +49,7 @@ def test_spec_parsed_every_class() -> None:
     }
 
 
-@pytest.mark.parametrize("cls,kind,name,params", _spec_members() if SPEC.exists() else [])
+@pytest.mark.parametrize("cls,kind,name,params", _spec_members())
 def test_member_exists_with_spec_signature(cls: str, kind: str, name: str, params: list[str]) -> None:
     klass = getattr(api, cls)
     member = inspect.getattr_static(klass, name)

@@ -12,9 +12,10 @@ import pytest
 from nncompress.config import BUILT_ALGORITHMS, CompressionConfig
 from nncompress.config.schema import CONFIG_SCHEMA
 from nncompress.errors import ConfigError, UnknownAlgorithmError, UnsupportedAlgorithmError
-from tests.conftest import SHARED
+from tests.conftest import SHARED, require_shared
 
 CORPUS = SHARED / "compat" / "nncf2-configs"
+require_shared(CORPUS, "the NNCF 2.x config corpus")
 BAD_DIR = CORPUS / "schema_validation" / "schema_validation_bad_configs"
 ALL_CONFIGS = sorted(CORPUS.rglob("*.json"))
 GOOD_CONFIGS = [path for path in ALL_CONFIGS if BAD_DIR not in path.parents]
