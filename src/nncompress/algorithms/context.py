@@ -11,7 +11,7 @@ from torch import nn
 from nncompress.errors import CaptureError, InputInfoError
 from nncompress.graph.capture import CapturedGraph, capture
 from nncompress.torch.inputs import ModelInputs
-from nncompress.torch.runtime import get_runtime
+from nncompress.torch.runtime import expect_captured_ops, get_runtime
 
 
 @dataclass
@@ -30,7 +30,9 @@ class CompressionContext:
     _graphs: dict[int, CapturedGraph] = field(default_factory=dict)
 
     def graph_for(self, model: nn.Module) -> CapturedGraph:
-        """The captured graph of ``model`` (captured once, then reused by every builder).
+        """The captured graph of ``model`` (captured once, in eval mode, then reused by every builder).
+
+        The runtime later checks each forward of the model against its op sequence.
 
         :raises InputInfoError: if the model cannot run on inputs built from ``input_info``.
         :raises CaptureError: if the model fails during capture on a user-given example input.
@@ -51,4 +53,5 @@ class CompressionContext:
                     f"{exc}"
                 ) from exc
             self._graphs[id(model)] = graph
+            expect_captured_ops(model, graph)  # every later forward is checked against it
         return graph

@@ -4,15 +4,21 @@ The forward runs once on an example input under a :class:`torch.overrides.TorchF
 that sees every functional call, tensor method and operator (``F.conv2d`` inside
 ``nn.Conv2d.forward``, ``torch.matmul`` in attention, ``x + y``), while temporary forward hooks
 on every module keep the module scope. Nothing needs torch.fx: data-dependent control flow
-simply runs. The model is left exactly as it was: buffers (BatchNorm running statistics) and
-the random number generator state are restored afterwards, and all hooks are removed.
+simply runs. As in NNCF 2.x, the forward runs in eval mode: BatchNorm uses its running statistics
+(so a batch of one sample works), and branches that run only in training (Inception's auxiliary
+classifier under ``if self.training``) are not captured, hence not compressed. The model is left
+exactly as it was: each module's mode, buffers (BatchNorm running statistics) and the random
+number generator state are restored afterwards, and all hooks are removed.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -21,6 +27,34 @@ from torch.overrides import TorchFunctionMode
 
 from nncompress.errors import CaptureError
 from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_name
+
+Site = tuple[str, int, int]
+"""Where an op is called: (file, first line of the calling function, bytecode offset)."""
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+# Python layers between the caller and the mode (``F.relu`` -> ``handle_torch_function``): skipped,
+# so that the site is the line of model code that called the op.
+_DISPATCH_FILES = frozenset(
+    os.path.join(_TORCH_DIR, *f.split("/"))
+    for f in ("overrides.py", "functional.py", "nn/functional.py", "_tensor.py", "_jit_internal.py")
+)
+
+
+def caller_frame(depth: int) -> FrameType:
+    """The frame of the model code that called an op, seen from a ``__torch_function__`` handler.
+
+    :param depth: frames between the caller of this function and the handler (0: the handler).
+    :return: the first frame above the handler outside torch's dispatch wrappers.
+    """
+    frame = sys._getframe(depth + 2)
+    while frame.f_back is not None and frame.f_code.co_filename in _DISPATCH_FILES:
+        frame = frame.f_back
+    return frame
+
+
+def site_of(frame: FrameType) -> Site:
+    """The call site of an op whose caller is ``frame``: stable across forwards."""
+    return frame.f_code.co_filename, frame.f_code.co_firstlineno, frame.f_lasti
 
 
 @dataclass(frozen=True)
@@ -84,12 +118,18 @@ class CapturedGraph:
     :param model_type: class name of the captured model.
     :param capture_seconds: wall time the capture took.
     :param outputs: the ops whose results the model returned, in output order.
+    :param op_counts: how many calls of each ``(scope, op)`` the forward counted, including calls
+        that returned no tensor (so not in ``nodes``); the hook runtime compares each forward
+        with it to detect a different op sequence.
+    :param op_sites: the call sites (lines of model code) of each ``(scope, op)``'s calls.
     """
 
     nodes: dict[str, OpNode]
     model_type: str
     capture_seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    op_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    op_sites: dict[tuple[str, str], frozenset[Site]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[OpNode]:
         return iter(self.nodes.values())
@@ -154,6 +194,7 @@ class _CaptureMode(TorchFunctionMode):
         self.params = params
         self.stack: list[nn.Module] = []
         self.counters: dict[tuple[str, str], int] = {}
+        self.sites: dict[tuple[str, str], set[Site]] = {}
         self.nodes: dict[str, OpNode] = {}
         self.producers: dict[int, str] = {}
         self.keep_alive: list[torch.Tensor] = []  # ids stay unique while the capture runs
@@ -177,6 +218,7 @@ class _CaptureMode(TorchFunctionMode):
         op = op_base_name(func)
         index = self.counters.get((scope, op), 0)
         self.counters[(scope, op)] = index + 1
+        self.sites.setdefault((scope, op), set()).add(site_of(caller_frame(0)))
         name = f"{scope}/{op}_{index}"
         self.last_op = name
         result = func(*args, **kwargs)
@@ -216,7 +258,8 @@ def capture(
 ) -> CapturedGraph:
     """Run the model once and record the operations it runs.
 
-    :param model: the model; it is not changed (buffers and RNG state are restored).
+    :param model: the model; it runs in eval mode and is not changed (modes, buffers and RNG state
+        are restored).
     :param args: positional inputs of the forward.
     :param kwargs: keyword inputs of the forward.
     :param skip: a sub-module left out of scopes and parameters (nncompress's runtime module).
@@ -238,8 +281,10 @@ def capture(
         if isinstance(t, torch.Tensor):
             mode.producers[id(t)] = f"@input:{key}"
     rng = torch.get_rng_state()
+    modes = [(m, m.training) for m in model.modules()]
     start = time.perf_counter()
     try:
+        model.eval()
         with torch.no_grad(), mode:
             result = model(*args, **kwargs)
     except Exception as exc:
@@ -251,13 +296,16 @@ def capture(
         elapsed = time.perf_counter() - start
         for h in handles:
             h.remove()
+        for m, training in modes:
+            m.training = training
         torch.set_rng_state(rng)
         with torch.no_grad():
             for k, b in model.named_buffers():
                 if k in buffers:
                     b.copy_(buffers[k])
     outputs = [mode.producers[id(t)] for t in _output_tensors(result) if id(t) in mode.producers]
-    return CapturedGraph(mode.nodes, type(model).__name__, elapsed, [o for o in outputs if not o.startswith("@")])
+    return CapturedGraph(mode.nodes, type(model).__name__, elapsed, [o for o in outputs if not o.startswith("@")],
+                         dict(mode.counters), {k: frozenset(v) for k, v in mode.sites.items()})
 
 
 def _output_tensors(result: Any) -> list[torch.Tensor]:

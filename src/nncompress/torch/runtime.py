@@ -11,11 +11,25 @@ and only then, a :class:`torch.overrides.TorchFunctionMode` is active that
 
 Nothing global is patched; other models and libraries are unaffected. The original parameters
 and their ``state_dict`` keys stay as they are; inserted modules add keys under ``nncompress.``.
+
+Two things keep op names honest (see ``docs/capture.md``):
+
+* **the captured op sequence**: a forward that runs an op capture did not see, or fewer ops of a
+  kind than capture saw, in a ``(scope, op)`` family that holds an operation point raises
+  :class:`~nncompress.errors.GraphMismatchError` (the point could land on another op); unseen
+  ops that touch no point run uncompressed, with one warning;
+* **activation checkpointing**: when backward re-runs a checkpointed module outside the model's
+  forward, its hooks restore the state that module had in the last forward with gradients
+  (transformed weights, scope, op counters), so the recomputation runs the same inserted modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import warnings
+import weakref
+from collections import Counter
+from collections.abc import Callable, Container
 from typing import Any
 
 import torch
@@ -24,7 +38,8 @@ from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
 from torch.overrides import _get_current_function_mode as _current_mode
 
 from nncompress.api.compression import StripFormat
-from nncompress.errors import InvalidArgumentError
+from nncompress.errors import GraphMismatchError, InvalidArgumentError
+from nncompress.graph.capture import CapturedGraph, Site, caller_frame, site_of
 from nncompress.graph.layout import InsertionCommand, TargetType, TransformationLayout
 from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_name
 
@@ -32,6 +47,17 @@ RUNTIME_ATTR = "nncompress"
 
 
 Entry = tuple[int, str, str]  # (priority, group, key)
+Family = tuple[str, str]  # (scope, op): the ops one call counter numbers
+
+
+class _AnyName(Container[str]):
+    """The known op names of a runtime without a captured sequence (a layout applied by hand)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_ANY_NAME = _AnyName()
 
 
 class _HookMode(TorchFunctionMode):
@@ -59,6 +85,8 @@ class _HookMode(TorchFunctionMode):
         if not (rt.pre_points or rt.post_points) or is_shape_arithmetic(args, kwargs):
             return func(*args, **kwargs)
         name = rt._next_op_name(op)
+        if name not in rt.known_ops:  # one set lookup; the rest only runs for an unseen op
+            return rt._run_unseen(name, func, args, kwargs)
         pre = rt.pre_points.get(name)
         if pre:
             args, kwargs = _map_ports(args, kwargs, {port: rt._chain(e) for port, e in pre.items()})
@@ -107,7 +135,7 @@ class _ForwardState:
     """What one forward of the model needs; a plain object, as ``nn.Module.__setattr__`` is slow."""
 
     __slots__ = ("mode", "by_param", "by_owner", "swapped", "internal", "weight_cache", "scopes", "stack",
-                 "counters", "depth")
+                 "counters", "depth", "grad", "log", "entries", "recompute", "used")
 
     def __init__(self, depth: int = 0) -> None:
         self.mode: _HookMode | None = None
@@ -118,8 +146,16 @@ class _ForwardState:
         self.weight_cache: dict[int, torch.Tensor] = {}
         self.scopes: dict[nn.Module, tuple[str, str]] = {}
         self.stack: list[nn.Module] = []
-        self.counters: dict[tuple[str, str], int] = {}
+        self.counters: dict[Family, int] = {}
         self.depth = depth
+        self.grad = False  # gradients enabled when the forward began
+        # For recomputation by activation checkpointing: the family of every counted op, in
+        # order, and for each module call (module, address of its first tensor argument, ops
+        # counted before it). ``used``: the calls of this forward already recomputed.
+        self.log: list[Family] = []
+        self.entries: dict[nn.Module, list[tuple[int, int]]] = {}
+        self.recompute: nn.Module | None = None  # the module being recomputed in backward
+        self.used: set[tuple[nn.Module, int]] = set()
 
 
 class HookRuntime(nn.Module):
@@ -137,13 +173,30 @@ class HookRuntime(nn.Module):
         # Weights read only by ops of their owning module: swapped in by that module's hooks,
         # which is cheaper than intercepting every op of the forward.
         self.owner_local: set[str] = set()
+        # The captured op sequence: calls per (scope, op), and every name it gave.
+        self.captured_counts: dict[Family, int] | None = None
+        self.captured_sites: dict[Family, frozenset[Site]] = {}
+        self.known_ops: Container[str] = _ANY_NAME
+        self.warned_unseen = False
+        self.scope_hooks = False  # whether every sub-module has push_scope / pop_scope hooks
         self._fw = _ForwardState()
+        self._last: _ForwardState | None = None  # the last forward with gradients, for recomputation
 
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy / pickle: per-forward state is not copied.
         state = self.__dict__.copy()
         state["_fw"] = _ForwardState()
+        state["_last"] = None
         return state
+
+    def expect_ops(self, graph: CapturedGraph) -> None:
+        """Set the op sequence capture saw, which every forward is checked against.
+
+        :param graph: the capture the inserted modules' points were chosen from.
+        """
+        self.captured_counts = dict(graph.op_counts)
+        self.captured_sites = dict(graph.op_sites)
+        self.known_ops = frozenset(f"{s}/{op}_{i}" for (s, op), n in graph.op_counts.items() for i in range(n))
 
     @property
     def op_points(self) -> bool:
@@ -198,13 +251,8 @@ class HookRuntime(nn.Module):
         fw.depth += 1
         if fw.depth > 1:
             return
-        for name, entries in self.weight_points.items():
-            owner_name, _, pname = name.rpartition(".")
-            owner = root.get_submodule(owner_name)
-            if name in self.owner_local:
-                fw.by_owner.setdefault(owner, []).append((pname, entries))
-            else:
-                fw.by_param[id(owner._parameters[pname])] = entries
+        fw.grad = torch.is_grad_enabled()
+        self._map_weights(root, fw)
         if self.op_points:
             fw.scopes = module_scopes(root, skip=self)
             fw.stack = [root]
@@ -212,17 +260,38 @@ class HookRuntime(nn.Module):
             fw.mode = _HookMode(self)
             fw.mode.__enter__()
 
+    def _map_weights(self, root: nn.Module, fw: _ForwardState) -> None:
+        for name, entries in self.weight_points.items():
+            owner_name, _, pname = name.rpartition(".")
+            owner = root.get_submodule(owner_name)
+            if name in self.owner_local:
+                fw.by_owner.setdefault(owner, []).append((pname, entries))
+            else:
+                fw.by_param[id(owner._parameters[pname])] = entries
+
     def exit(self, root: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook of the model (runs even if the forward raised)."""
         fw = self._fw
         fw.depth -= 1
         if fw.depth > 0:
             return
+        self._end(fw)
+        if fw.grad:
+            self._last = fw
+        if (self.captured_counts is not None and self.op_points and fw.counters != self.captured_counts
+                and sys.exc_info()[1] is None):  # after a failed forward the counts are partial
+            self._check_counts(fw.counters)
+
+    def _end(self, fw: _ForwardState) -> None:
+        """Put the parameters back and leave the hook mode."""
         for module, pname, param in reversed(fw.swapped):  # the root's own weights, if any
             module._parameters[pname] = param  # type: ignore[assignment]
+        fw.swapped = []
+        fw.weight_cache = {}
         self._fw = _ForwardState()
         if fw.mode is not None:
             fw.mode.__exit__(None, None, None)
+            fw.mode = None
 
     def swap_in(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of a module owning owner-local weights: use the transformed weights.
@@ -231,6 +300,8 @@ class HookRuntime(nn.Module):
         transformed tensor (computed from the parameter, so gradients reach the parameter).
         """
         fw = self._fw
+        if fw.depth == 0 and fw.recompute is None:
+            fw = self._begin_recompute(module, args)
         owned = fw.by_owner.get(module)
         if not owned:
             return
@@ -256,15 +327,24 @@ class HookRuntime(nn.Module):
 
     def swap_out(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook (runs even if the forward raised): put the parameters back."""
-        swapped = self._fw.swapped
+        fw = self._fw
+        swapped = fw.swapped
         while swapped and swapped[-1][0] is module:
             _, pname, param = swapped.pop()
             module._parameters[pname] = param  # type: ignore[assignment]
+        if fw.recompute is module:
+            self._end(fw)
 
     def push_scope(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of every module when operation points exist."""
         fw = self._fw
+        if fw.depth == 0 and fw.recompute is None:
+            fw = self._begin_recompute(module, args)
         if fw.mode is not None and module in fw.scopes:
+            if fw.grad and fw.recompute is None:
+                first = args[0] if args else None
+                ptr = first.data_ptr() if isinstance(first, torch.Tensor) else 0
+                fw.entries.setdefault(module, []).append((ptr, len(fw.log)))
             fw.stack.append(module)
 
     def pop_scope(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -272,14 +352,116 @@ class HookRuntime(nn.Module):
         fw = self._fw
         if fw.mode is not None and fw.stack and fw.stack[-1] is module:
             fw.stack.pop()
+        if fw.recompute is module:
+            self._end(fw)
 
     def _next_op_name(self, func: Callable[..., Any]) -> str:
         fw = self._fw
         scope = fw.scopes[fw.stack[-1]][0]
         op = op_base_name(func)
-        index = fw.counters.get((scope, op), 0)
-        fw.counters[(scope, op)] = index + 1
+        key = (scope, op)
+        index = fw.counters.get(key, 0)
+        fw.counters[key] = index + 1
+        if fw.grad:
+            fw.log.append(key)
         return f"{scope}/{op}_{index}"
+
+    # -- activation checkpointing ----------------------------------------------------------------
+
+    def _begin_recompute(self, module: nn.Module, args: Any) -> _ForwardState:
+        """A hook of ``module`` fired outside the model's forward. In backward, that is activation
+        checkpointing re-running the module: give it the state it had in the last forward with
+        gradients. Elsewhere it is a direct call of a sub-module, which runs without hooks."""
+        last = self._last
+        if last is None or torch._C._current_graph_task_id() == -1:
+            return self._fw
+        fw = _ForwardState()
+        fw.recompute, fw.by_param, fw.by_owner = module, last.by_param, last.by_owner
+        if self.op_points:
+            call = self._recomputed_call(last, module, args)
+            fw.scopes, fw.stack = last.scopes, []
+            fw.counters = dict(Counter(last.log[: last.entries[module][call][1]]))
+        if fw.by_param or self.op_points:
+            fw.mode = _HookMode(self)
+            fw.mode.__enter__()
+        self._fw = fw
+        return fw
+
+    def _recomputed_call(self, last: _ForwardState, module: nn.Module, args: Any) -> int:
+        """Which call of ``module`` in the last forward backward re-runs: the one whose first tensor
+        argument has the same storage (checkpointing passes the same tensor or a detached view),
+        else the latest one not yet re-run (backward runs in reverse order)."""
+        calls = last.entries.get(module)
+        if not calls:
+            scope = last.scopes.get(module, (type(module).__name__, ""))[0]
+            raise GraphMismatchError(
+                f"backward re-runs module {scope} (activation checkpointing), but the last forward with "
+                "gradients did not call it; run backward after the forward whose graph it differentiates"
+            )
+        first = args[0] if args else None
+        ptr = first.data_ptr() if isinstance(first, torch.Tensor) else 0
+        free = [i for i in range(len(calls)) if (module, i) not in last.used]
+        matching = [i for i in free if calls[i][0] == ptr]
+        call = (matching or free or [len(calls) - 1])[-1]
+        last.used.add((module, call))
+        return call
+
+    # -- the captured op sequence ------------------------------------------------------------------
+
+    def _point_families(self) -> dict[Family, list[str]]:
+        """The op names holding inserted modules, by (scope, op)."""
+        out: dict[Family, list[str]] = {}
+        for name in (*self.post_points, *self.pre_points):
+            base = name.rpartition("_")[0]
+            scope, _, op = base.rpartition("/")
+            out.setdefault((scope, op), []).append(name)
+        return out
+
+    def _run_unseen(self, name: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run an op capture did not see: refuse if its family holds a point, else run it as is."""
+        base = name.rpartition("_")[0]
+        scope, _, op = base.rpartition("/")
+        points = self._point_families().get((scope, op))
+        frame = caller_frame(1)
+        # The index is past the ops capture counted. If an extra call ran before some of them, the
+        # op getting this index is one capture saw (same line of code) pushed back: the points of
+        # the family may have acted on other ops. A new line (a loss computed after the outputs)
+        # shifted nothing.
+        if points and site_of(frame) in self.captured_sites.get((scope, op), ()):
+            captured = self.captured_counts.get((scope, op), 0) if self.captured_counts else 0
+            raise GraphMismatchError(
+                f"this forward ran op {name} ({frame.f_code.co_filename}:{frame.f_lineno}), but capture counted "
+                f"{captured} '{op}' call(s) in {scope}: an op capture did not see ran before it, shifting the "
+                f"indices that name inserted modules ({sorted(points)[:3]}), so they could act on other ops. "
+                "Capture runs the forward once in eval mode on the example input: give an example_input (or "
+                "input_info) that takes this branch, or move the data-dependent op into its own sub-module"
+            )
+        # Only a layer matters to the user (it runs with its float weight); ops of hooks (statistics
+        # collectors) and of checkpointing's bookkeeping are unseen too, and would only add noise.
+        if not self.warned_unseen and any(isinstance(a, nn.Parameter) for a in (*args, *kwargs.values())):
+            self.warned_unseen = True
+            warnings.warn(
+                f"op {name} did not run when the model was captured (in eval mode, on the example input), so "
+                "nothing is inserted there and it runs uncompressed (a training-only branch, or a branch the "
+                "example input did not take). No inserted module is affected. This warning is shown once per model",
+                UserWarning, stacklevel=3,
+            )
+        return func(*args, **kwargs)
+
+    def _check_counts(self, counters: dict[Family, int]) -> None:
+        """After a forward: refuse if a family holding a point ran fewer ops than capture saw."""
+        captured = self.captured_counts or {}
+        for family, points in self._point_families().items():
+            ran, expected = counters.get(family, 0), captured.get(family, 0)
+            if ran < expected:
+                scope, op = family
+                raise GraphMismatchError(
+                    f"this forward ran {ran} '{op}' call(s) in {scope}, capture counted {expected}: a branch "
+                    f"taken at capture was skipped, so inserted modules at {sorted(points)[:3]} acted on other "
+                    "ops or did not run. Capture runs the forward once in eval mode on the example input: give "
+                    "an example_input (or input_info) that takes the branch this forward takes, or move the "
+                    "data-dependent op into its own sub-module"
+                )
 
     def _chain(self, entries: list[Entry]) -> Callable[[torch.Tensor], torch.Tensor]:
         modules = [self.module_at(e) for e in entries]
@@ -325,6 +507,21 @@ class HookRuntime(nn.Module):
         return cached
 
 
+_CAPTURED: weakref.WeakKeyDictionary[nn.Module, CapturedGraph] = weakref.WeakKeyDictionary()
+
+
+def expect_captured_ops(model: nn.Module, graph: CapturedGraph) -> None:
+    """Remember the capture of ``model`` whose op names layouts use; its forwards are checked against it.
+
+    :param model: the captured model.
+    :param graph: its capture.
+    """
+    _CAPTURED[model] = graph
+    rt = get_runtime(model)
+    if rt is not None:
+        rt.expect_ops(graph)
+
+
 def get_runtime(model: nn.Module) -> HookRuntime | None:
     """The model's hook runtime, or ``None`` if nothing was inserted."""
     rt = model._modules.get(RUNTIME_ATTR)
@@ -365,7 +562,6 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
     if existing is None and not layout.commands:
         return None
     rt = existing or _install(model)
-    had_op_points = rt.op_points
     hooked_owners = {n.rpartition(".")[0] for n in rt.owner_local}
     try:
         for c in sorted(layout.commands, key=lambda c: int(c.priority)):
@@ -379,7 +575,13 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
         owner = model.get_submodule(owner_name)
         owner.register_forward_pre_hook(rt.swap_in)
         owner.register_forward_hook(rt.swap_out, always_call=True)
-    if rt.op_points and not had_op_points:
+    graph = _CAPTURED.get(model)
+    if graph is not None and rt.captured_counts is None:
+        rt.expect_ops(graph)
+    # Scope hooks name ops; with weights read outside their owner they also start the hook mode
+    # when checkpointing re-runs a sub-module in backward.
+    if not rt.scope_hooks and (rt.op_points or set(rt.weight_points) - rt.owner_local):
+        rt.scope_hooks = True
         for module in module_scopes(model, skip=rt):
             if module is not model:
                 module.register_forward_pre_hook(rt.push_scope)
