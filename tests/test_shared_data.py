@@ -19,7 +19,7 @@ def _pytest(ci: str | None, shared: str) -> subprocess.CompletedProcess[str]:
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *MODULES],
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist", *MODULES],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -36,4 +36,6 @@ def test_missing_shared_fails_in_ci(tmp_path: Path, ci: str) -> None:
 def test_missing_shared_skips_locally(tmp_path: Path, ci: str | None) -> None:
     result = _pytest(ci, str(tmp_path / "nonexistent"))
     assert result.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout  # both modules skipped whole
-    assert "2 skipped" in result.stdout and "passed" not in result.stdout
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 2 and all("not found at" in line for line in skipped), result.stdout
+    assert "passed" not in result.stdout and "CI=true needs it" not in result.stdout
