@@ -324,3 +324,23 @@ def test_local_mode_stage_is_fully_compressed_even_at_level_zero(cnn: ResidualCN
     assert ctrl.compression_stage() is CompressionStage.FULLY_COMPRESSED
     glob, _ = nnc.create_compressed_model(ResidualCNN(), sparsity_config({}))
     assert glob.compression_stage() is CompressionStage.UNCOMPRESSED
+
+
+def test_embedding_bag_weights_are_sparsified() -> None:
+    class BagNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag = nn.EmbeddingBag(30, 8, mode="sum")
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.bag(ids))
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (4, 5))
+    ctrl, model = nnc.create_compressed_model(BagNet(), _token_config(), example_input=ids)
+    assert [r.weight for r in ctrl.sparsified_weights] == ["bag.weight", "fc.weight"]
+    bag_mask, fc_mask = (r.mask.mask for r in ctrl.sparsified_weights)
+    ref = F.linear(F.embedding_bag(ids, model.bag.weight * bag_mask, mode="sum"), model.fc.weight * fc_mask,
+                   model.fc.bias)
+    assert torch.allclose(model(ids), ref, atol=1e-6)

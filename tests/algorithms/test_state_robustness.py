@@ -195,3 +195,11 @@ def test_state_shape_errors() -> None:
         with pytest.raises(CompressionStateError):
             nnc.create_compressed_model(ResidualCNN(), config, compression_state=bad)  # type: ignore[arg-type]
     assert math.isfinite(state["ctrl_state"]["magnitude_sparsity"]["current_level"])
+
+
+def test_state_fields_docstring_examples() -> None:
+    import doctest
+
+    from nncompress.algorithms import state_fields
+
+    assert doctest.testmod(state_fields, raise_on_error=False).failed == 0
