@@ -80,7 +80,7 @@ def test_bert_sparsity_export_runs_in_onnxruntime(tmp_path: Path) -> None:
     )
     ctrl, model = nnc.create_compressed_model(bert, config)
     ctrl.scheduler.epoch_step()
-    assert len(ctrl.sparsified_weights) == 12  # 6 linear layers x 2, pooler ignored, embeddings skipped
+    assert len(ctrl.sparsified_weights) == 15  # 6 linear layers x 2 and 3 embedding tables (as NNCF), pooler ignored
     ids = torch.randint(0, 100, (1, 6))
     mask = torch.ones(1, 6, dtype=torch.long)
     path = tmp_path / "bert.onnx"
