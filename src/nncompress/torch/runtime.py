@@ -135,7 +135,7 @@ class _ForwardState:
     """What one forward of the model needs; a plain object, as ``nn.Module.__setattr__`` is slow."""
 
     __slots__ = ("mode", "by_param", "by_owner", "swapped", "internal", "weight_cache", "scopes", "stack",
-                 "counters", "depth", "grad", "log", "entries", "recompute", "used")
+                 "counters", "depth", "grad", "log", "entries", "recompute", "used", "families")
 
     def __init__(self, depth: int = 0) -> None:
         self.mode: _HookMode | None = None
@@ -150,12 +150,13 @@ class _ForwardState:
         self.depth = depth
         self.grad = False  # gradients enabled when the forward began
         # For recomputation by activation checkpointing: the family of every counted op, in
-        # order, and for each module call (module, address of its first tensor argument, ops
-        # counted before it). ``used``: the calls of this forward already recomputed.
+        # order, and for each module call (id of its first argument, ops counted before it).
+        # ``used``: the calls of this forward already recomputed.
         self.log: list[Family] = []
         self.entries: dict[nn.Module, list[tuple[int, int]]] = {}
         self.recompute: nn.Module | None = None  # the module being recomputed in backward
         self.used: set[tuple[nn.Module, int]] = set()
+        self.families: dict[Family, list[str]] | None = None  # built on the first unseen op
 
 
 class HookRuntime(nn.Module):
@@ -280,7 +281,7 @@ class HookRuntime(nn.Module):
             self._last = fw
         if (self.captured_counts is not None and self.op_points and fw.counters != self.captured_counts
                 and sys.exc_info()[1] is None):  # after a failed forward the counts are partial
-            self._check_counts(fw.counters)
+            self._check_counts(fw)
 
     def _end(self, fw: _ForwardState) -> None:
         """Put the parameters back and leave the hook mode."""
@@ -341,10 +342,8 @@ class HookRuntime(nn.Module):
         if fw.depth == 0 and fw.recompute is None:
             fw = self._begin_recompute(module, args)
         if fw.mode is not None and module in fw.scopes:
-            if fw.grad and fw.recompute is None:
-                first = args[0] if args else None
-                ptr = first.data_ptr() if isinstance(first, torch.Tensor) else 0
-                fw.entries.setdefault(module, []).append((ptr, len(fw.log)))
+            if fw.grad and fw.recompute is None:  # (no tensor method here: the mode would count it)
+                fw.entries.setdefault(module, []).append((id(args[0]) if args else 0, len(fw.log)))
             fw.stack.append(module)
 
     def pop_scope(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -388,9 +387,9 @@ class HookRuntime(nn.Module):
         return fw
 
     def _recomputed_call(self, last: _ForwardState, module: nn.Module, args: Any) -> int:
-        """Which call of ``module`` in the last forward backward re-runs: the one whose first tensor
-        argument has the same storage (checkpointing passes the same tensor or a detached view),
-        else the latest one not yet re-run (backward runs in reverse order)."""
+        """Which call of ``module`` in the last forward backward re-runs: the one with the same first
+        argument (non-reentrant checkpointing passes the same tensor), else the latest one not yet
+        re-run (reentrant checkpointing passes a detached copy; backward runs in reverse order)."""
         calls = last.entries.get(module)
         if not calls:
             scope = last.scopes.get(module, (type(module).__name__, ""))[0]
@@ -398,30 +397,29 @@ class HookRuntime(nn.Module):
                 f"backward re-runs module {scope} (activation checkpointing), but the last forward with "
                 "gradients did not call it; run backward after the forward whose graph it differentiates"
             )
-        first = args[0] if args else None
-        ptr = first.data_ptr() if isinstance(first, torch.Tensor) else 0
+        first = id(args[0]) if args else 0
         free = [i for i in range(len(calls)) if (module, i) not in last.used]
-        matching = [i for i in free if calls[i][0] == ptr]
+        matching = [i for i in free if calls[i][0] == first]
         call = (matching or free or [len(calls) - 1])[-1]
         last.used.add((module, call))
         return call
 
     # -- the captured op sequence ------------------------------------------------------------------
 
-    def _point_families(self) -> dict[Family, list[str]]:
-        """The op names holding inserted modules, by (scope, op)."""
-        out: dict[Family, list[str]] = {}
-        for name in (*self.post_points, *self.pre_points):
-            base = name.rpartition("_")[0]
-            scope, _, op = base.rpartition("/")
-            out.setdefault((scope, op), []).append(name)
-        return out
+    def _point_families(self, fw: _ForwardState) -> dict[Family, list[str]]:
+        """The op names holding inserted modules, by (scope, op); built once per forward that needs it."""
+        if fw.families is None:
+            fw.families = {}
+            for name in (*self.post_points, *self.pre_points):
+                scope, _, op = name.rpartition("_")[0].rpartition("/")
+                fw.families.setdefault((scope, op), []).append(name)
+        return fw.families
 
     def _run_unseen(self, name: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run an op capture did not see: refuse if its family holds a point, else run it as is."""
         base = name.rpartition("_")[0]
         scope, _, op = base.rpartition("/")
-        points = self._point_families().get((scope, op))
+        points = self._point_families(self._fw).get((scope, op))
         frame = caller_frame(1)
         # The index is past the ops capture counted. If an extra call ran before some of them, the
         # op getting this index is one capture saw (same line of code) pushed back: the points of
@@ -448,11 +446,11 @@ class HookRuntime(nn.Module):
             )
         return func(*args, **kwargs)
 
-    def _check_counts(self, counters: dict[Family, int]) -> None:
+    def _check_counts(self, fw: _ForwardState) -> None:
         """After a forward: refuse if a family holding a point ran fewer ops than capture saw."""
         captured = self.captured_counts or {}
-        for family, points in self._point_families().items():
-            ran, expected = counters.get(family, 0), captured.get(family, 0)
+        for family, points in self._point_families(fw).items():
+            ran, expected = fw.counters.get(family, 0), captured.get(family, 0)
             if ran < expected:
                 scope, op = family
                 raise GraphMismatchError(
