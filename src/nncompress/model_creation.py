@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -80,7 +81,7 @@ def create_compressed_model(
     if init_data is None:
         init_data = getattr(config, _INIT_DATA_ATTR, None)
     context = CompressionContext(*_example_inputs(config, example_input), init_data=init_data)
-    sections = config.algorithm_sections()
+    sections = [_with_default_lr_multiplier(s, config) for s in config.algorithm_sections()]
     _check_unique_algorithms(sections)
     builders = [BUILDERS[s.algorithm](s, context) for s in sections]
     composite = CompositeCompressionAlgorithmBuilder(builders, context)
@@ -113,6 +114,15 @@ def _example_inputs(config: CompressionConfig, example_input: Any) -> tuple[Any,
             "or pass example_input to create_compressed_model"
         )
     return inputs_from_infos(infos), "input_info"
+
+
+def _with_default_lr_multiplier(section: AlgorithmSection, config: CompressionConfig) -> AlgorithmSection:
+    """The section with the config's top-level ``compression_lr_multiplier`` where it has none
+    of its own (NNCF 2.x: the top-level value is the default of every algorithm)."""
+    default = config.get("compression_lr_multiplier")
+    if default is None or "compression_lr_multiplier" in section.section:
+        return section
+    return dataclasses.replace(section, section={**section.section, "compression_lr_multiplier": default})
 
 
 def _check_unique_algorithms(sections: list[AlgorithmSection]) -> None:

@@ -328,11 +328,11 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         dscale = dzero = None
         if ctx.needs_input_grad[1]:
             d_elem = torch.where(inside, r - t, torch.where(below, qmin - z, qmax - z))
-            dscale = _sum_to(g * d_elem, dims, scale.shape) * ctx.grad_factor
+            dscale = _finite(_sum_to(g * d_elem, dims, scale.shape) * ctx.grad_factor)
             dscale = dscale.to(scale.dtype)
         if ctx.needs_input_grad[2]:
             outside = _sum_to(g * ~inside, dims, scale.shape)
-            dzero = (-ctx.grad_factor * scale.detach().to(dtype) * outside).to(ctx.zp_dtype)
+            dzero = _finite(-ctx.grad_factor * scale.detach().to(dtype) * outside).to(ctx.zp_dtype)
         return dx, dscale, dzero, None, None, None, None, None
 
 
@@ -392,11 +392,22 @@ class _FixedZeroPointLsq(torch.autograd.Function):
                 dscale = dscale.reshape(s.shape) if s.dim() else dscale
             else:
                 dscale = _sum_to(grad * residual, ctx.dims, s.shape)
-            dscale = dscale * ctx.grad_factor / s
+            dscale = _finite(dscale * ctx.grad_factor / s)
             if magnitude is not None:  # through clamp_min (zero below the bound), then abs
                 dscale = torch.where(magnitude >= ctx.min_scale, dscale, 0.0) * scale.sgn()
         dx = torch.where(mask, grad, 0.0) if ctx.needs_input_grad[0] else None  # no float copy of the mask
         return dx, dscale, None, None, None, None, None, None, None
+
+
+def _finite(grad: Tensor) -> Tensor:
+    """The step / zero-point gradient with non-finite entries set to 0.
+
+    One batch with an overflowing upstream gradient (or an inf input) would otherwise turn the
+    step into NaN for good; dropping that batch's contribution to the step (a tensor of the
+    step's shape, so the cost is negligible) keeps training going. The inputs' gradient is not
+    touched: it is the model's, not ours to hide.
+    """
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _sum_to(t: Tensor, dims: tuple[int, ...], shape: torch.Size) -> Tensor:
@@ -441,7 +452,9 @@ def fake_quantize_learnable(
     for every negative zero point and for ones like 2.5), the per-channel backward rounds
     ``z + x/s`` where the forward rounds ``x/s`` (differs next to midpoints), and both backwards
     need float32 or bfloat16 inputs (PyTorch 2.13). Here the forward is the fused kernel and the
-    backward recomputes the forward's ``q`` exactly.
+    backward recomputes the forward's ``q`` exactly. Non-finite entries of the step and zero-point
+    gradients (from an overflowing upstream gradient) are set to 0, so one bad batch cannot turn
+    the step into NaN; the gradient of ``x`` is passed on as it is.
 
     :param x: floating-point tensor of any shape.
     :param scale: step ``s`` (a parameter), float, shape as in the module table.

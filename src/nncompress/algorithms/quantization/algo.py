@@ -27,15 +27,17 @@ from nncompress.api.statistics import CompressionStatistics
 from nncompress.config import AlgorithmSection
 from nncompress.errors import InitDataError
 from nncompress.graph.layout import InsertionCommand, Priority, TargetType, TransformationLayout
+from nncompress.torch.bn_adaptation import adapt_batchnorm
 from nncompress.torch.bn_folding import fold_batchnorms
+from nncompress.torch.bn_modes import batch_statistics
 from nncompress.torch.calibration import forward_batches
 from nncompress.torch.runtime import get_runtime
 
 from ..base import BaseBuilder, BaseController
-from .params import QuantizationParams
+from .params import DEFAULT_BN_ADAPTATION_SAMPLES, QuantizationParams
 from .placement import PlacementRules, QuantizerPlacement, place_quantizers
 from .quantizers import FakeQuantizer, NativeFakeQuantize
-from .scheduler import DEFAULT_START_EPOCH, StagedQuantizationScheduler
+from .scheduler import DEFAULT_START_EPOCH, QuantizationScheduler
 from .statistics import QuantizationStatistics
 
 
@@ -64,6 +66,7 @@ class QuantizationBuilder(BaseBuilder):
         for p in placements:
             name = p.point.target if p.point.target_type is not TargetType.WEIGHT else p.consumers[0]
             q = FakeQuantizer(p.params, name, p.group, p.channel_axis, p.num_channels)
+            q.set_lr_multiplier(self.params.lr_multiplier)
             weight_name = f"{p.point.target}.{p.point.param}".lstrip(".")
             # embedding tables go through the hook mode, which quantizes only the rows looked up
             reads_rows = graph.nodes[p.consumers[0]].op == "embedding" if p.consumers else False
@@ -79,13 +82,28 @@ class QuantizationBuilder(BaseBuilder):
         return QuantizationController(model, self, self._quantizers, self.params)
 
     def initialize(self, model: nn.Module) -> None:
-        """Range initialisation from ``init_data``, then BatchNorm adaptation if configured."""
-        self._init_ranges(model)
-        super().initialize(model)
+        """Range initialisation from ``init_data``, then BatchNorm adaptation.
 
-    def _init_ranges(self, model: nn.Module) -> None:
+        BatchNorm adaptation runs by default, as in NNCF 2.x (``num_bn_adaptation_samples``
+        2000), when ``init_data`` is given; ``"num_bn_adaptation_samples": 0`` turns it off.
+        """
+        self.init_ranges(model, [q for q in self._quantizers if q.enabled])
+        samples = self.params.num_bn_adaptation_samples
+        if samples is None:
+            samples = DEFAULT_BN_ADAPTATION_SAMPLES if self._context.init_data is not None else 0
+        if samples > 0:
+            adapt_batchnorm(model, self._context.init_data, samples)
+
+    def init_ranges(self, model: nn.Module, quantizers: list[FakeQuantizer]) -> None:
+        """Initialise the ranges of ``quantizers`` as the config says: weights from the weights,
+        activations from ``init_data`` (see :func:`~nncompress.torch.bn_modes.batch_statistics`).
+
+        :param model: the compressed model.
+        :param quantizers: which quantizers (all at creation; a group switching on later).
+        :raises InitDataError: without ``init_data`` when activations need it, or if it does not fit.
+        """
         pending = []
-        for q in self._quantizers:
+        for q in quantizers:
             r = self.params.range_init_for(q.name, q.group)
             if r is None or r.num_init_samples <= 0:
                 continue
@@ -106,14 +124,15 @@ class QuantizationBuilder(BaseBuilder):
                 "init_data (pass it to create_compressed_model or register_default_init_args), or set "
                 '"initializer": {"range": {"num_init_samples": 0}} to take ranges from the first batch'
             )
-        was_training = model.training
-        model.eval()
-        try:
-            forward_batches(model, data, max(n for _, n in pending), "Range initialisation")
-        finally:
-            model.train(was_training)
-            for q, _ in pending:
-                q.finish_collecting()
+        with batch_statistics(model):
+            try:
+                forward_batches(model, data, max(n for _, n in pending), "Range initialisation")
+            except BaseException:
+                for q, _ in pending:  # stop collecting; the failure's own error is the one to see
+                    q.abort_collecting()
+                raise
+        for q, _ in pending:
+            q.finish_collecting()
 
 
 class QuantizationController(BaseController):
@@ -134,13 +153,14 @@ class QuantizationController(BaseController):
         self.quantizers = quantizers
         self.params = params
         staged = "params" in builder.section.section
-        if staged:
-            self._scheduler = StagedQuantizationScheduler(
-                quantizers,
-                params.weights_quant_start_epoch if params.weights_quant_start_epoch is not None else DEFAULT_START_EPOCH,
-                params.activations_quant_start_epoch if params.activations_quant_start_epoch is not None
-                else DEFAULT_START_EPOCH,
-            )
+        default = DEFAULT_START_EPOCH if staged else 0
+        w_start, a_start = params.weights_quant_start_epoch, params.activations_quant_start_epoch
+        self._scheduler = QuantizationScheduler(
+            quantizers,
+            w_start if w_start is not None else default,
+            a_start if a_start is not None else default,
+            reinitialize=lambda qs: builder.init_ranges(model, qs),
+        )
 
     @property
     def compression_rate(self) -> float:

@@ -10,6 +10,7 @@ when asymmetric; inputs quantized, outputs not; range init
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,8 @@ DEFAULT_NUM_INIT_SAMPLES = 256
 DEFAULT_RANGE_TYPE = "mixed_min_max"
 DEFAULT_MIN_PERCENTILE = 0.1
 DEFAULT_MAX_PERCENTILE = 99.9
+DEFAULT_BN_ADAPTATION_SAMPLES = 2000
+"""NNCF 2.x's default ``num_bn_adaptation_samples``; BatchNorm adaptation runs by default."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,10 @@ class QuantizationParams:
     weight_overrides: dict[str, dict[str, Any]]
     activation_overrides: dict[str, dict[str, Any]]
     range_inits: list[RangeInitParams]
-    num_bn_adaptation_samples: int
+    num_bn_adaptation_samples: int | None  # None: the default (NNCF's 2000 when init_data is given)
     activations_quant_start_epoch: int | None
     weights_quant_start_epoch: int | None
+    lr_multiplier: float = 1.0
 
     @classmethod
     def from_section(cls, section: AlgorithmSection) -> QuantizationParams:
@@ -159,9 +163,10 @@ class QuantizationParams:
             weight_overrides=dict(overrides.get("weights", {})),
             activation_overrides=dict(overrides.get("activations", {})),
             range_inits=range_inits,
-            num_bn_adaptation_samples=int(init.get("batchnorm_adaptation", {}).get("num_bn_adaptation_samples", 0)),
+            num_bn_adaptation_samples=_bn_samples(init),
             activations_quant_start_epoch=staged.get("activations_quant_start_epoch"),
             weights_quant_start_epoch=staged.get("weights_quant_start_epoch"),
+            lr_multiplier=_lr_multiplier(section),
         )
 
     def for_point(self, name: str, group: str) -> QuantizerParams:
@@ -171,6 +176,10 @@ class QuantizationParams:
         for scope, values in overrides.items():
             if scope_matches(name, scope):
                 base = base.overridden(values)
+        if base.narrow_range and base.bits != 8:
+            # NNCF 2.x narrows only 8-bit weights ([-127, 127]); below 8 bits the full range
+            # (4 bits: 16 levels, [-8, 7]) is worth more than a symmetric grid
+            base = replace(base, narrow_range=False)
         if not base.symmetric and base.signed is None:
             # a zero point covers any range with either signedness (same grid); onnxruntime's
             # integer MatMul wants uint8 activations and converts int8 ones only where the
@@ -191,6 +200,23 @@ class QuantizationParams:
     def range_init_for(self, name: str, group: str) -> RangeInitParams | None:
         """The first ``initializer.range`` setting that covers the quantizer."""
         return next((r for r in self.range_inits if r.applies_to(name, group)), None)
+
+
+def _bn_samples(initializer: dict[str, Any]) -> int | None:
+    if "batchnorm_adaptation" not in initializer:
+        return None
+    bn = initializer["batchnorm_adaptation"]
+    return int(bn.get("num_bn_adaptation_samples", DEFAULT_BN_ADAPTATION_SAMPLES))
+
+
+def _lr_multiplier(section: AlgorithmSection) -> float:
+    """``compression_lr_multiplier`` of the section (the config's top-level one is copied into
+    sections without their own by ``create_compressed_model``): a finite number ``>= 0``."""
+    value = section.section.get("compression_lr_multiplier", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < math.inf:
+        raise ConfigError(f"{section.json_path}.compression_lr_multiplier",
+                          f"{value!r} is not allowed; allowed: a finite number >= 0 (0 freezes the steps)", value)
+    return float(value)
 
 
 def _check_bits(path: str, bits: Any) -> None:

@@ -14,13 +14,14 @@ sub-8-bit or narrow range is expressed exactly as a clamp to the narrower range 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from nncompress.api.compression import StripFormat
-from nncompress.errors import InitDataError, InvalidArgumentError
+from nncompress.errors import InitDataError, InvalidArgumentError, NonFiniteError
 from nncompress.functional.quantize import (
     dequantize,
     fake_quantize,
@@ -36,6 +37,19 @@ from nncompress.functional.ranges import RangeCollector, all_reduce_range
 from .params import QuantizerParams
 
 _MIN_SCALE = 1e-8
+
+ACTIVATION_MIN_RANGE = 1e-3
+"""Narrowest range an activation quantizer is initialised to (a dead ReLU, a constant zero).
+
+Below a step of about 1e-7 onnxruntime's integer kernels no longer agree with PyTorch (an
+all-zero activation's step of 1e-8 gave logits off by 0.2-0.4 once the activation was non-zero),
+and a step that small cannot be trained by SGD: a gradient of 1e-3 moves it a thousand-fold."""
+
+RELATIVE_MIN_RANGE = 1e-3
+"""Per-channel ranges are at least this share of the widest channel's range (all-zero channels)."""
+
+MIN_STEP_FRACTION = 1e-3
+"""During training the step never falls below this share of the largest step set at initialisation."""
 
 
 class FakeQuantizer(nn.Module):
@@ -79,6 +93,11 @@ class FakeQuantizer(nn.Module):
         self._grad_factors: dict[torch.Size, float] = {}  # input shape -> LSQ factor, for the current qmax
         self._zero_is_zero = False  # cached with ``_levels``: a symmetric quantizer's zero point is 0
         self._dq: Int8Weight | None = None
+        self.lr_multiplier = 1.0  # compression_lr_multiplier: scales the step's (and zero point's) gradient
+        # the smallest step training may reach (see MIN_STEP_FRACTION), set with the range
+        self.min_scale: torch.Tensor
+        self.register_buffer("min_scale", torch.tensor(_MIN_SCALE))
+        self._min_scale_value = _MIN_SCALE  # python float of the buffer, cached with ``_levels``
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -111,15 +130,43 @@ class FakeQuantizer(nn.Module):
         self.set_range(lo, hi)
         return True
 
+    def set_lr_multiplier(self, multiplier: float) -> None:
+        """NNCF 2.x's ``compression_lr_multiplier``: the step's (and zero point's) gradient is
+        multiplied by it (folded into LSQ's gradient factor, so it costs nothing); 0 freezes them."""
+        self.lr_multiplier = float(multiplier)
+        self._grad_factors.clear()
+        frozen = self.lr_multiplier == 0.0
+        self.lr_multiplier = self.lr_multiplier if not frozen else 1.0
+        for p in self.parameters(recurse=False):
+            p.requires_grad_(not frozen)
+
+    def abort_collecting(self) -> None:
+        """Stop collecting and drop what was collected; the range stays as it was."""
+        self._collecting = False
+        self._collector = None
+
     def set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """Set step and zero point to cover ``[lo, hi]``; unsigned if ``lo >= 0`` unless forced."""
+        """Set step and zero point to cover ``[lo, hi]``; unsigned if ``lo >= 0`` unless forced.
+
+        A range narrower than the floor is widened upwards (``hi = lo + floor``): for an activation
+        the floor is :data:`ACTIVATION_MIN_RANGE`, for each channel of a per-channel quantizer
+        :data:`RELATIVE_MIN_RANGE` times the widest channel's range. The step training may reach
+        is then bounded below by :data:`MIN_STEP_FRACTION` times the largest step.
+        """
         with torch.no_grad():
+            lo, hi = lo.float(), hi.float()
             if not self.signed_fixed:
                 self.signed.fill_(bool((lo < 0).any()))
+            width = hi - lo
+            floor = width.max() * RELATIVE_MIN_RANGE if width.dim() else width.new_zeros(())
+            if self.group == "activations":
+                floor = floor.clamp_min(ACTIVATION_MIN_RANGE)
+            hi = torch.maximum(hi, lo + floor)
             qmin, qmax = self.levels
-            scale, zp = scale_zero_point(lo.float(), hi.float(), qmin, qmax, self.symmetric)
+            scale, zp = scale_zero_point(lo, hi, qmin, qmax, self.symmetric)
             self.scale.copy_(scale.reshape(self.scale.shape))
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
+            self.min_scale.fill_(max(_MIN_SCALE, float(scale.max()) * MIN_STEP_FRACTION))
             self.initialized.fill_(True)
             self._levels = None
             self._grad_factors.clear()  # they depend on qmax
@@ -150,25 +197,43 @@ class FakeQuantizer(nn.Module):
         if not self.enabled or not x.is_floating_point():
             return x
         if self._levels is None:  # first call, or new state loaded: read the buffers once
-            if not bool(self.initialized):
-                self._init_from(x)
-            self._levels = self.levels
-            self._zero_is_zero = self.symmetric and not bool(self.zero_point.any())
-        qmin, qmax = self._levels
+            self._refresh(x)
+        if not math.isfinite(float(self.scale.detach().sum())):  # cheap; a NaN step would spread silently
+            self._raise_non_finite()
+        qmin, qmax = self._levels  # type: ignore[misc]
         grad_factor = self._grad_factors.get(x.shape)
         if grad_factor is None:  # once per input shape: this runs on every forward
             per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
             if self.group == "activations" and x.dim() > 1 and self.axis != 0:
                 per_step //= int(x.shape[0])  # LSQ's N_F counts the features of one example, not the batch
-            grad_factor = self._grad_factors[x.shape] = lsq_grad_factor(max(per_step, 1), qmax)
+            grad_factor = lsq_grad_factor(max(per_step, 1), qmax) * self.lr_multiplier
+            self._grad_factors[x.shape] = grad_factor
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
         # a zero point known to be 0 is passed as None: the math then skips adding and subtracting it
         zero_point = None if self._zero_is_zero else self.zero_point
         out = fake_quantize_learnable(x, self.scale, zero_point, qmin, qmax, self.axis, grad_factor,
-                                      validate=not self._validated, min_scale=_MIN_SCALE)
+                                      validate=not self._validated, min_scale=self._min_scale_value)
         self._validated = True
         return out
 
+    def _refresh(self, x: torch.Tensor) -> None:
+        """Read the buffers into plain attributes once (first call, or after a state was loaded)."""
+        if not bool(self.initialized):
+            self._init_from(x)
+        self._levels = self.levels
+        self._zero_is_zero = self.symmetric and not bool(self.zero_point.any())
+        self._min_scale_value = max(float(self.min_scale), _MIN_SCALE)
+
+    def _raise_non_finite(self) -> None:
+        raise NonFiniteError(
+            f"the {self.group} quantizer at {self.name} has a non-finite step ({self.scale.detach().flatten()[:4]}"
+            f"...): training diverged. Lower the learning rate, or the quantizers' with "
+            f'"compression_lr_multiplier" (e.g. 0.1) in the quantization section'
+        )
+
+    def _step(self) -> torch.Tensor:
+        """The step in use: ``max(|scale|, min_scale)``, detached."""
+        return self.scale.detach().abs().clamp_min(max(float(self.min_scale), _MIN_SCALE))
     def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Run an ``embedding`` op reading this quantizer's weight, quantizing only the rows it reads.
 
@@ -182,19 +247,21 @@ class FakeQuantizer(nn.Module):
                 or not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32):
             return None
         if self._levels is None:
-            if not bool(self.initialized):
-                self._init_from(weight)
-            self._levels = self.levels
-        qmin, qmax = self._levels
+            self._refresh(weight)
+        qmin, qmax = self._levels  # type: ignore[misc]
         rows = func(*args, **kwargs)  # (..., d), gradients flow to the rows read
         ids = args[0] if args else kwargs["input"]
-        step = self.scale.abs().clamp_min(_MIN_SCALE).unsqueeze(1)  # (num_rows, 1)
+        step = self.scale.abs().clamp_min(self._min_scale_value).unsqueeze(1)  # (num_rows, 1)
         row_scale = torch.nn.functional.embedding(ids, step)  # (..., 1)
-        return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax,
-                                            lsq_grad_factor(max(int(weight.shape[1]), 1), qmax))
+        factor = lsq_grad_factor(max(int(weight.shape[1]), 1), qmax) * self.lr_multiplier
+        return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax, factor)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        scale = state_dict.get(prefix + "scale")
+        if prefix + "min_scale" not in state_dict and isinstance(scale, torch.Tensor):
+            # a checkpoint from before the step floor existed: derive it from the saved step
+            state_dict[prefix + "min_scale"] = torch.tensor(max(_MIN_SCALE, float(scale.abs().max()) * MIN_STEP_FRACTION))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._levels = None  # signedness may have changed
         self._grad_factors.clear()
 
@@ -215,7 +282,7 @@ class FakeQuantizer(nn.Module):
         qmin, qmax = self.levels
         zp = self.zero_point.detach()
         zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax).to(torch.int32)
-        return fake_quantize(x, self.scale.detach().abs().clamp_min(_MIN_SCALE), zp, qmin, qmax, self.axis)
+        return fake_quantize(x, self._step(), zp, qmin, qmax, self.axis)
 
     def bake_(self, weight: torch.Tensor, strip_format: StripFormat) -> bool:
         """Put the weight on the grid. IN_PLACE: done, remove me; NATIVE: keep a native quantizer;
@@ -226,7 +293,7 @@ class FakeQuantizer(nn.Module):
             self._init_from(weight.detach())
         if strip_format is StripFormat.DQ:
             qmin, qmax = self.levels
-            scale = self.scale.detach().abs().clamp_min(_MIN_SCALE)
+            scale = self._step()
             zp = self.zero_point.detach()
             zp = (zp.round().clamp(qmin, qmax) if zp.is_floating_point() else zp).to(torch.int32)
             codes = quantize(weight.detach(), scale, zp, qmin, qmax, self.axis).to(torch.int8)
@@ -249,7 +316,7 @@ class FakeQuantizer(nn.Module):
         qmin, qmax = self.levels
         zp = self.zero_point.detach()
         zp = zp if not zp.is_floating_point() else zp.round().clamp(qmin, qmax)
-        return NativeFakeQuantize(self.scale.detach().abs().clamp_min(_MIN_SCALE), zp.to(torch.int32), qmin, qmax,
+        return NativeFakeQuantize(self._step(), zp.to(torch.int32), qmin, qmax,
                                   self.axis, clamp=self.group != "weights")
 
 

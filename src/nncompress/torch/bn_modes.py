@@ -1,0 +1,43 @@
+"""Running a model with its BatchNorm layers normalising by batch statistics, nothing else changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block the model is in eval mode except its BatchNorm layers, which normalise
+    by the statistics of each batch, as in training; their running statistics are restored at the
+    end (also on error), and so is every module's mode.
+
+    Quantization-aware training quantizes the activations of the training-mode forward, so the
+    activation ranges are initialised on those. Collected in eval mode instead, the running
+    statistics of a freshly initialised network (mean 0, variance 1) let activations shrink
+    layer after layer: ranges of 1e-7 at the 15th block of a MobileNetV2, against O(1) values
+    once training starts, and SGD diverged at its second step. Dropout stays off (eval).
+
+    :param model: the model.
+    """
+    modes = {m: m.training for m in model.modules()}
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    saved = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+    copies = [tuple(t.detach().clone() if t is not None else None for t in group) for group in saved]
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for group, copy in zip(saved, copies):
+                for t, c in zip(group, copy):
+                    if t is not None and c is not None:
+                        t.copy_(c)
+        for module, training in modes.items():
+            module.training = training
