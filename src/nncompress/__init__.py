@@ -30,7 +30,7 @@ from nncompress.api.compression import (
 )
 from nncompress.api.statistics import CompressionStatistics, NNCFStatistics
 from nncompress.config import CompressionConfig
-from nncompress.handles import compression_controller, export_model, strip
+from nncompress.handles import add_compression_parameters, compression_controller, export_model, strip
 from nncompress.model_creation import create_compressed_model, register_default_init_args
 from nncompress.ptq import (
     AdvancedQuantizationParameters,
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdvancedQuantizationParameters",
+    "add_compression_parameters",
     "CompressionAlgorithmBuilder",
     "CompressionAlgorithmController",
     "CompressionConfig",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from nncompress.api.compression import CompressionAlgorithmController, StripFormat
@@ -94,3 +95,33 @@ def export_model(
     written atomically. ``model_args`` defaults to the input the model was captured with.
     """
     compression_controller(model).export_model(save_path, save_format, input_names, output_names, model_args)
+
+
+def add_compression_parameters(optimizer: torch.optim.Optimizer, model: nn.Module, **group_options: Any) -> int:
+    """Add the trainable parameters nncompress inserted into ``model`` to an existing optimizer.
+
+    An optimizer made from ``model.parameters()`` *before* ``create_compressed_model`` (or
+    ``quantize``) does not hold the quantizers' steps, so they never train; the quantization
+    scheduler warns about that a few steps in. Create the optimizer afterwards, or call this::
+
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        ctrl, model = nnc.create_compressed_model(model, config, init_data=loader)
+        nnc.add_compression_parameters(optimizer, model)
+
+    :param optimizer: any ``torch.optim`` optimizer.
+    :param model: a compressed model.
+    :param group_options: options of the new parameter group (e.g. ``lr=1e-4``); the
+        optimizer's defaults otherwise.
+    :return: how many parameters were added (0 when the optimizer had them all).
+    :raises InvalidArgumentError: for a model with nothing inserted, or a non-optimizer.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InvalidArgumentError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    rt = get_runtime(model)
+    if rt is None:
+        raise InvalidArgumentError("the model has no nncompress modules: pass the model create_compressed_model returned")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    new = [p for p in rt.parameters() if p.requires_grad and id(p) not in held]
+    if new:
+        optimizer.add_param_group({"params": new, **group_options})
+    return len(new)

@@ -87,7 +87,7 @@ class QuantizationBuilder(BaseBuilder):
         BatchNorm adaptation runs by default, as in NNCF 2.x (``num_bn_adaptation_samples``
         2000), when ``init_data`` is given; ``"num_bn_adaptation_samples": 0`` turns it off.
         """
-        self.init_ranges(model, [q for q in self._quantizers if q.enabled])
+        self.init_ranges(model, self._quantizers)  # all, as NNCF: a staged group starts from them too
         samples = self.params.num_bn_adaptation_samples
         if samples is None:
             samples = DEFAULT_BN_ADAPTATION_SAMPLES if self._context.init_data is not None else 0

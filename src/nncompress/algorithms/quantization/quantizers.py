@@ -1,8 +1,8 @@
 """The inserted quantizer modules: a learnable fake quantizer and its PyTorch-native strip form.
 
-:class:`FakeQuantizer` trains its step (and zero point, when asymmetric) with the weights, LSQ
-style (:func:`~nncompress.functional.quantize.fake_quantize_learnable`). Its range comes from
-range initialisation (a :class:`~nncompress.functional.ranges.RangeCollector` attached for the
+:class:`FakeQuantizer` trains its range (and zero point, when asymmetric) with the weights, with
+NNCF 2.x's parameterisation and gradient (see the class). Its range comes from range
+initialisation (a :class:`~nncompress.functional.ranges.RangeCollector` attached for the
 calibration passes), or, failing that, from the first tensor it sees.
 
 :class:`NativeFakeQuantize` is what ``strip(StripFormat.NATIVE)`` leaves: PyTorch's
@@ -28,7 +28,6 @@ from nncompress.functional.quantize import (
     fake_quantize_learnable,
     fake_quantize_rows_learnable,
     integer_range,
-    lsq_grad_factor,
     quantize,
     scale_zero_point,
 )
@@ -54,6 +53,18 @@ MIN_STEP_FRACTION = 1e-3
 
 class FakeQuantizer(nn.Module):
     """Learnable fake quantizer of one tensor (a weight or an activation).
+
+    The trained parameter ``scale`` is, as NNCF 2.x's, the *range* ``a = s * L``: the step ``s``
+    times ``L = qmax`` (``min(qmax, -qmin)`` for a signed range), i.e. the largest magnitude of a
+    symmetric range, the width of an unsigned one. Its gradient is NNCF's: summed over the
+    elements it covers, the upstream gradient times ``(q(x) - x) / a`` inside the range, ``1``
+    above it and ``qmin / qmax`` below it (:func:`~nncompress.functional.quantize.fake_quantize_learnable`
+    on ``a / L`` with ``grad_factor`` 1), times ``compression_lr_multiplier``.
+
+    A parameter of the magnitude of the tensor it quantizes is what keeps optimizers sane: as the
+    step itself (1e-4 for many weights) Adam at lr 1e-3 moved weight steps of random-initialised
+    MobileNetV2/ResNet-50/MobileNetV3 14-60x in 10 steps, and LSQ's step gradient, which
+    multiplies the clipped elements' share by ``qmax``, moved them 27-121x under SGD at lr 1e-3.
 
     :param params: bits, mode, signedness, granularity, narrow range.
     :param name: the op or weight it quantizes (for messages and statistics).
@@ -90,19 +101,24 @@ class FakeQuantizer(nn.Module):
         self._reduce_mode = "extremes"
         self._levels: tuple[int, int] | None = None  # cached (qmin, qmax) once initialised
         self._validated = False
-        self._grad_factors: dict[torch.Size, float] = {}  # input shape -> LSQ factor, for the current qmax
         self._zero_is_zero = False  # cached with ``_levels``: a symmetric quantizer's zero point is 0
         self._dq: Int8Weight | None = None
         self.lr_multiplier = 1.0  # compression_lr_multiplier: scales the step's (and zero point's) gradient
         # the smallest step training may reach (see MIN_STEP_FRACTION), set with the range
         self.min_scale: torch.Tensor
         self.register_buffer("min_scale", torch.tensor(_MIN_SCALE))
-        self._min_scale_value = _MIN_SCALE  # python float of the buffer, cached with ``_levels``
+        self._min_step = _MIN_SCALE  # the smallest step, a python float cached with ``_levels``
+        self._divisor = 1.0  # L, from range to step, cached with ``_levels``
 
     @property
     def levels(self) -> tuple[int, int]:
         """``(qmin, qmax)`` of the integer range."""
         return integer_range(self.bits, bool(self.signed), self.narrow_range)
+
+    @staticmethod
+    def range_divisor(qmin: int, qmax: int) -> float:
+        """``L``, with step = range / L: ``qmax`` (``min(qmax, -qmin)`` for a signed range)."""
+        return float(qmax if qmin == 0 else min(qmax, -qmin))
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
@@ -132,9 +148,8 @@ class FakeQuantizer(nn.Module):
 
     def set_lr_multiplier(self, multiplier: float) -> None:
         """NNCF 2.x's ``compression_lr_multiplier``: the step's (and zero point's) gradient is
-        multiplied by it (folded into LSQ's gradient factor, so it costs nothing); 0 freezes them."""
+        multiplied by it (it is the kernel's ``grad_factor``, so it costs nothing); 0 freezes them."""
         self.lr_multiplier = float(multiplier)
-        self._grad_factors.clear()
         frozen = self.lr_multiplier == 0.0
         self.lr_multiplier = self.lr_multiplier if not frozen else 1.0
         for p in self.parameters(recurse=False):
@@ -164,12 +179,12 @@ class FakeQuantizer(nn.Module):
             hi = torch.maximum(hi, lo + floor)
             qmin, qmax = self.levels
             scale, zp = scale_zero_point(lo, hi, qmin, qmax, self.symmetric)
-            self.scale.copy_(scale.reshape(self.scale.shape))
+            divisor = self.range_divisor(qmin, qmax)
+            self.scale.copy_(scale.reshape(self.scale.shape) * divisor)
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
-            self.min_scale.fill_(max(_MIN_SCALE, float(scale.max()) * MIN_STEP_FRACTION))
+            self.min_scale.fill_(max(_MIN_SCALE, float(scale.max()) * MIN_STEP_FRACTION) * divisor)
             self.initialized.fill_(True)
             self._levels = None
-            self._grad_factors.clear()  # they depend on qmax
 
     def _collect(self, x: torch.Tensor) -> None:
         if self._collector is None:
@@ -201,18 +216,12 @@ class FakeQuantizer(nn.Module):
         if not math.isfinite(float(self.scale.detach().sum())):  # cheap; a NaN step would spread silently
             self._raise_non_finite()
         qmin, qmax = self._levels  # type: ignore[misc]
-        grad_factor = self._grad_factors.get(x.shape)
-        if grad_factor is None:  # once per input shape: this runs on every forward
-            per_step = int(x.numel()) // (int(x.shape[self.axis]) if self.axis is not None else 1)
-            if self.group == "activations" and x.dim() > 1 and self.axis != 0:
-                per_step //= int(x.shape[0])  # LSQ's N_F counts the features of one example, not the batch
-            grad_factor = lsq_grad_factor(max(per_step, 1), qmax) * self.lr_multiplier
-            self._grad_factors[x.shape] = grad_factor
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
         # a zero point known to be 0 is passed as None: the math then skips adding and subtracting it
         zero_point = None if self._zero_is_zero else self.zero_point
-        out = fake_quantize_learnable(x, self.scale, zero_point, qmin, qmax, self.axis, grad_factor,
-                                      validate=not self._validated, min_scale=self._min_scale_value)
+        step = self.scale / self._divisor  # one tiny op: the gradient reaches the range as NNCF's
+        out = fake_quantize_learnable(x, step, zero_point, qmin, qmax, self.axis, self.lr_multiplier,
+                                      validate=not self._validated, min_scale=self._min_step)
         self._validated = True
         return out
 
@@ -222,7 +231,8 @@ class FakeQuantizer(nn.Module):
             self._init_from(x)
         self._levels = self.levels
         self._zero_is_zero = self.symmetric and not bool(self.zero_point.any())
-        self._min_scale_value = max(float(self.min_scale), _MIN_SCALE)
+        self._divisor = self.range_divisor(*self._levels)
+        self._min_step = max(float(self.min_scale) / self._divisor, _MIN_SCALE)
 
     def _raise_non_finite(self) -> None:
         raise NonFiniteError(
@@ -232,8 +242,9 @@ class FakeQuantizer(nn.Module):
         )
 
     def _step(self) -> torch.Tensor:
-        """The step in use: ``max(|scale|, min_scale)``, detached."""
-        return self.scale.detach().abs().clamp_min(max(float(self.min_scale), _MIN_SCALE))
+        """The step in use: ``max(|scale|, min_scale) / L``, detached."""
+        divisor = self.range_divisor(*self.levels)
+        return self.scale.detach().abs().clamp_min(float(self.min_scale)).div(divisor).clamp_min(_MIN_SCALE)
     def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Run an ``embedding`` op reading this quantizer's weight, quantizing only the rows it reads.
 
@@ -251,19 +262,20 @@ class FakeQuantizer(nn.Module):
         qmin, qmax = self._levels  # type: ignore[misc]
         rows = func(*args, **kwargs)  # (..., d), gradients flow to the rows read
         ids = args[0] if args else kwargs["input"]
-        step = self.scale.abs().clamp_min(self._min_scale_value).unsqueeze(1)  # (num_rows, 1)
+        step = (self.scale / self._divisor).abs().clamp_min(self._min_step).unsqueeze(1)  # (num_rows, 1)
         row_scale = torch.nn.functional.embedding(ids, step)  # (..., 1)
-        factor = lsq_grad_factor(max(int(weight.shape[1]), 1), qmax) * self.lr_multiplier
-        return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax, factor)
+        return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax, self.lr_multiplier)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        scale = state_dict.get(prefix + "scale")
-        if prefix + "min_scale" not in state_dict and isinstance(scale, torch.Tensor):
-            # a checkpoint from before the step floor existed: derive it from the saved step
-            state_dict[prefix + "min_scale"] = torch.tensor(max(_MIN_SCALE, float(scale.abs().max()) * MIN_STEP_FRACTION))
+        scale, signed = state_dict.get(prefix + "scale"), state_dict.get(prefix + "signed")
+        if prefix + "min_scale" not in state_dict and isinstance(scale, torch.Tensor) and signed is not None:
+            # a checkpoint from nncompress 0.1, whose ``scale`` was the step: make it the range
+            divisor = self.range_divisor(*integer_range(self.bits, bool(signed), self.narrow_range))
+            state_dict[prefix + "scale"] = scale * divisor
+            floor = max(_MIN_SCALE, float(scale.abs().max()) * MIN_STEP_FRACTION) * divisor
+            state_dict[prefix + "min_scale"] = torch.tensor(floor)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._levels = None  # signedness may have changed
-        self._grad_factors.clear()
 
     def _init_from(self, x: torch.Tensor) -> None:
         """No range initialisation ran: take the range of the first tensor seen."""
