@@ -12,7 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import nncompress as nnc
-from nncompress.algorithms.quantization.quantizers import ACTIVATION_MIN_RANGE, MIN_STEP_FRACTION, FakeQuantizer
+from nncompress.algorithms.quantization.quantizers import (
+    ACTIVATION_MIN_RANGE,
+    MIN_STEP_FRACTION,
+    FakeQuantizer,
+)
 from nncompress.demo.digits import digits_tensors
 from nncompress.errors import ConfigError, NonFiniteError
 from nncompress.functional.quantize import fake_quantize_learnable
