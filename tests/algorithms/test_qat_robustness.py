@@ -18,7 +18,7 @@ from nncompress.algorithms.quantization.quantizers import (
     FakeQuantizer,
 )
 from nncompress.demo.digits import digits_tensors
-from nncompress.errors import ConfigError, NonFiniteError
+from nncompress.errors import ConfigError, InitDataError, NonFiniteError
 from nncompress.functional.quantize import fake_quantize_learnable
 from tests.mobile_zoo import MobileNetV2, MobileNetV3Small, ResNet50
 from tests.model_zoo import ResidualCNN
@@ -328,3 +328,21 @@ def test_activation_floor_on_a_dead_activation() -> None:
     q = FakeQuantizer(nnc.algorithms.quantization.params.QuantizerParams(), "x", "activations")
     q.set_range(torch.tensor(0.0), torch.tensor(0.0))
     assert float(q.scale.detach()) == pytest.approx(ACTIVATION_MIN_RANGE, rel=1e-5)  # the range: [0, 1e-3]
+
+
+def test_nan_in_the_first_init_batch_names_the_op_and_changes_nothing() -> None:
+    cnn = ResidualCNN()
+    before = copy.deepcopy(cnn.state_dict())
+    data = _cnn_data()
+    data[0][0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(InitDataError, match=r"ResidualCNN/.*NaN or inf"):
+        nnc.create_compressed_model(cnn, _cnn_config(), init_data=data)
+    assert not hasattr(cnn, "nncompress")
+    after = cnn.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_integer_images_in_init_data_get_a_dtype_error() -> None:
+    data = [(torch.randint(0, 16, (16, 1, 8, 8)), torch.zeros(16, dtype=torch.long))]
+    with pytest.raises(InitDataError, match="int64"):
+        nnc.create_compressed_model(ResidualCNN(), _cnn_config(), init_data=data)
