@@ -149,9 +149,8 @@ class FakeQuantizer(nn.Module):
     def set_lr_multiplier(self, multiplier: float) -> None:
         """NNCF 2.x's ``compression_lr_multiplier``: the step's (and zero point's) gradient is
         multiplied by it (it is the kernel's ``grad_factor``, so it costs nothing); 0 freezes them."""
-        self.lr_multiplier = float(multiplier)
-        frozen = self.lr_multiplier == 0.0
-        self.lr_multiplier = self.lr_multiplier if not frozen else 1.0
+        frozen = multiplier == 0.0
+        self.lr_multiplier = 1.0 if frozen else float(multiplier)  # the kernel's factor must be > 0
         for p in self.parameters(recurse=False):
             p.requires_grad_(not frozen)
 
