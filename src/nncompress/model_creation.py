@@ -116,11 +116,15 @@ def _example_inputs(config: CompressionConfig, example_input: Any) -> tuple[Any,
     return inputs_from_infos(infos), "input_info"
 
 
+_TRAINABLE = frozenset({"quantization"})
+"""Algorithms with trainable parameters of their own, which ``compression_lr_multiplier`` scales."""
+
+
 def _with_default_lr_multiplier(section: AlgorithmSection, config: CompressionConfig) -> AlgorithmSection:
     """The section with the config's top-level ``compression_lr_multiplier`` where it has none
     of its own (NNCF 2.x: the top-level value is the default of every algorithm)."""
     default = config.get("compression_lr_multiplier")
-    if default is None or "compression_lr_multiplier" in section.section:
+    if default is None or "compression_lr_multiplier" in section.section or section.algorithm not in _TRAINABLE:
         return section
     return dataclasses.replace(section, section={**section.section, "compression_lr_multiplier": default})
 

@@ -4,6 +4,7 @@ zero ranges, non-finite gradients, ``compression_lr_multiplier``, the optimizer 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -52,7 +53,7 @@ def test_random_init_nets_train_with_sgd(name: str) -> None:
     torch.manual_seed(0)
     ctrl, model = _qat(NETS[name]())
     acts = [q for q in ctrl.quantizers if q.group == "activations"]
-    widths = [float(q.scale.detach() * (q.levels[1] - q.levels[0])) for q in acts]
+    widths = [float(q.quantized(torch.tensor([1e9, -1e9])).diff().abs()) for q in acts]  # hi - lo covered
     # initialised on training-mode statistics: no collapsed ranges (they were 1e-8 deep in MobileNetV2)
     assert min(widths) >= ACTIVATION_MIN_RANGE * 0.99
     start = {id(q): float(q.scale.detach().abs().max()) for q in ctrl.quantizers}
@@ -172,8 +173,12 @@ def test_non_finite_step_is_named_at_the_forward() -> None:
     model(torch.randn(2, 1, 8, 8))
     with torch.no_grad():
         victim.scale.fill_(float("nan"))
-    with pytest.raises(NonFiniteError, match=victim.name.replace("[", r"\[").replace("]", r"\]")):
-        model(torch.randn(2, 1, 8, 8))
+    with pytest.raises(NonFiniteError, match=re.escape(victim.name)):
+        ctrl.scheduler.step()  # checked once per training step, before the forward spreads it
+    fresh = nnc.create_compressed_model(ResidualCNN(), _cnn_config(), init_data=_cnn_data())[1]
+    fresh.load_state_dict(model.state_dict())  # a checkpoint holding the NaN: refused at the first forward
+    with pytest.raises(NonFiniteError, match=re.escape(victim.name)):
+        fresh(torch.randn(2, 1, 8, 8))
 
 
 def test_non_finite_step_gradient_is_dropped_not_spread() -> None:
@@ -211,7 +216,7 @@ def test_checkpoint_of_nncompress_0_1_loads() -> None:
     for prefix, module in model.named_modules():
         if isinstance(module, FakeQuantizer):
             del state[f"{prefix}.min_scale"]
-            state[f"{prefix}.scale"] = state[f"{prefix}.scale"] / module.range_divisor(*module.levels)
+            state[f"{prefix}.scale"] = state[f"{prefix}.scale"] / module.range_divisor(*module.levels, module.symmetric)
     _, fresh = nnc.create_compressed_model(ResidualCNN(), _cnn_config(), init_data=_cnn_data())
     fresh.load_state_dict(state)  # strict
     x = torch.randn(2, 1, 8, 8)
@@ -239,6 +244,11 @@ def test_compression_lr_multiplier_scales_the_step_gradients() -> None:
         torch.testing.assert_close(o, 2 * b, rtol=1e-5, atol=1e-12)
     ctrl, _ = nnc.create_compressed_model(ResidualCNN(), _cnn_config(compression_lr_multiplier=0), init_data=_cnn_data())
     assert not any(q.scale.requires_grad for q in ctrl.quantizers)
+    both = {**_cnn_config(), "compression_lr_multiplier": 10}
+    both["compression"] = [both["compression"], {"algorithm": "magnitude_sparsity"}]
+    _, sparse_and_quantized = nnc.create_compressed_model(ResidualCNN(), both, init_data=_cnn_data())
+    sections = nnc.compression_controller(sparse_and_quantized).get_compression_state()["builder_state"]
+    assert "compression_lr_multiplier" not in sections["magnitude_sparsity"]["section"]  # no trainable parameters
     with pytest.raises(ConfigError, match="compression_lr_multiplier"):
         nnc.create_compressed_model(ResidualCNN(), _cnn_config(compression_lr_multiplier=-1), init_data=_cnn_data())
 
@@ -272,11 +282,16 @@ def test_optimizer_made_before_compression_is_caught_and_fixed() -> None:
     assert any(not torch.equal(b, q.scale) for b, q in zip(before, ctrl.quantizers))
 
 
-def test_batchnorm_adaptation_runs_by_default_as_in_nncf() -> None:
+def test_batchnorm_adaptation_runs_by_default_as_in_nncf(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nncompress.algorithms.base as base
+
+    requested: list[int] = []
+    adapt = base.adapt_batchnorm
+    monkeypatch.setattr(base, "adapt_batchnorm", lambda m, d, n, *a: requested.append(n) or adapt(m, d, n, *a))
     cnn = ResidualCNN()
     before = cnn.stem[1].running_var.clone()
-    nnc.create_compressed_model(copy.deepcopy(cnn), _cnn_config(), init_data=_cnn_data())
     adapted = nnc.create_compressed_model(copy.deepcopy(cnn), _cnn_config(), init_data=_cnn_data())[1]
+    assert requested == [2000]  # NNCF 2.x's num_bn_adaptation_samples
     assert not torch.equal(adapted.stem[1].running_var, before)
     off = _cnn_config(initializer={"range": {"num_init_samples": 16},
                                    "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}})
@@ -317,6 +332,20 @@ def test_staged_groups_start_at_creation_or_reinitialise_when_switched_on() -> N
     assert all(q.enabled for q in ctrl2.quantizers)
 
 
+def test_staged_resume_without_init_data_keeps_the_saved_ranges() -> None:
+    staged = _cnn_config(params={"weights_quant_start_epoch": 0, "activations_quant_start_epoch": 1})
+    ctrl, model = nnc.create_compressed_model(ResidualCNN(), staged, init_data=_cnn_data())
+    ctrl.scheduler.epoch_step()  # epoch 0: activations still off; checkpoint here
+    state, weights = ctrl.get_compression_state(), model.state_dict()
+    ctrl2, model2 = nnc.create_compressed_model(ResidualCNN(), staged, compression_state=state)
+    model2.load_state_dict(weights)
+    with pytest.warns(UserWarning, match="without init_data"):
+        ctrl2.scheduler.epoch_step()  # epoch 1: they switch on with the ranges of the checkpoint
+    assert all(q.enabled for q in ctrl2.quantizers)
+    for q, q2 in zip(ctrl.quantizers, ctrl2.quantizers):
+        assert torch.equal(q.scale.detach(), q2.scale.detach())
+
+
 @pytest.mark.parametrize(("bits", "levels"), [(8, (-127, 127)), (4, (-8, 7)), (2, (-2, 1))])
 def test_weights_use_the_full_range_below_8_bits(bits: int, levels: tuple[int, int]) -> None:
     ctrl, _ = nnc.create_compressed_model(ResidualCNN(), _cnn_config(weights={"bits": bits}), init_data=_cnn_data())
@@ -346,3 +375,28 @@ def test_integer_images_in_init_data_get_a_dtype_error() -> None:
     data = [(torch.randint(0, 16, (16, 1, 8, 8)), torch.zeros(16, dtype=torch.long))]
     with pytest.raises(InitDataError, match="int64"):
         nnc.create_compressed_model(ResidualCNN(), _cnn_config(), init_data=data)
+
+
+class _PooledHead(nn.Module):
+    """Conv, global pooling, then a BatchNorm1d: one value per channel for a batch of one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn2d = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.bn1d, self.fc = nn.BatchNorm1d(8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn1d(F.relu(self.bn2d(self.conv(x))).mean((2, 3))))
+
+
+def test_range_init_on_batches_of_one_behind_batchnorm1d() -> None:
+    """Batch statistics need two values per channel: a batch of one uses the running ones."""
+    data = [(torch.randn(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)) for _ in range(4)]
+    config = _cnn_config(initializer={"range": {"num_init_samples": 4},
+                                      "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}})
+    model = _PooledHead()
+    before = copy.deepcopy(model.state_dict())
+    ctrl, model = nnc.create_compressed_model(model, config, init_data=data)
+    assert all(bool(q.initialized) for q in ctrl.quantizers)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # statistics restored
+    assert model.training and all(m.training for m in model.modules())

@@ -99,6 +99,7 @@ class BaseBuilder(CompressionAlgorithmBuilder):
 
     algorithm: ClassVar[str]
     priority: ClassVar[Priority]
+    bn_adaptation_by_default: ClassVar[bool] = False
 
     def __init__(self, section: AlgorithmSection, context: CompressionContext) -> None:
         self._section = section
@@ -143,12 +144,21 @@ class BaseBuilder(CompressionAlgorithmBuilder):
         return model
 
     def initialize(self, model: nn.Module) -> None:
-        """Run the section's ``initializer.batchnorm_adaptation`` on ``init_data``, if configured."""
+        """Run the section's ``initializer.batchnorm_adaptation`` on ``init_data``, if configured.
+
+        Algorithms with ``bn_adaptation_by_default`` (quantization, as in NNCF 2.x) also run it
+        without the key, on :data:`DEFAULT_BN_ADAPTATION_SAMPLES`, whenever ``init_data`` is given;
+        ``"num_bn_adaptation_samples": 0`` turns it off.
+        """
         initializer = self._section.section.get("initializer", {})
         if "batchnorm_adaptation" in initializer:
             bn = initializer["batchnorm_adaptation"]
             samples = int(bn.get("num_bn_adaptation_samples", DEFAULT_BN_ADAPTATION_SAMPLES))
-            adapt_batchnorm(model, self._context.init_data, samples)
+        elif self.bn_adaptation_by_default and self._context.init_data is not None:
+            samples = DEFAULT_BN_ADAPTATION_SAMPLES
+        else:
+            return
+        adapt_batchnorm(model, self._context.init_data, samples)
 
     def get_state(self) -> dict[str, Any]:
         """:return: the config section and algorithm-specific state (JSON-serialisable)."""

@@ -21,7 +21,6 @@ The result holds the same learnable fake quantizers as QAT: export it with
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 import time
@@ -383,8 +382,7 @@ def _finish_collecting(quantizers: list[FakeQuantizer], failed: bool) -> None:
     setting a range out of partial (or no) statistics must not hide the error that stopped the pass."""
     for q in quantizers:
         if failed:
-            with contextlib.suppress(Exception):
-                q.finish_collecting()
+            q.abort_collecting()
         else:
             q.finish_collecting()
 

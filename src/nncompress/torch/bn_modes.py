@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Within the block the model is in eval mode except its BatchNorm layers, which normalise
     by the statistics of each batch, as in training; their running statistics are restored at the
     end (also on error), and so is every module's mode.
+
+    A call where a BatchNorm sees one value per channel (a batch of one after global pooling),
+    for which batch statistics do not exist, uses the running statistics instead.
 
     Quantization-aware training quantizes the activations of the training-mode forward, so the
     activation ranges are initialised on those. Collected in eval mode instead, the running
@@ -29,11 +33,15 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     saved = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
     copies = [tuple(t.detach().clone() if t is not None else None for t in group) for group in saved]
     model.eval()
+    hooks = []
     for m in bns:
         m.train()
+        hooks.append(m.register_forward_pre_hook(_running_statistics_for_one_value))
     try:
         yield
     finally:
+        for h in hooks:
+            h.remove()
         with torch.no_grad():
             for group, copy in zip(saved, copies):
                 for t, c in zip(group, copy):
@@ -41,3 +49,10 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
                         t.copy_(c)
         for module, training in modes.items():
             module.training = training
+
+
+def _running_statistics_for_one_value(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: batch statistics where the input has more than one value per channel."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.dim() >= 2:
+        module.training = x.numel() // max(int(x.shape[1]), 1) > 1

@@ -18,6 +18,7 @@ onnxruntime fuses into QLinearConv / QLinearMatMul.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
@@ -27,14 +28,13 @@ from nncompress.api.statistics import CompressionStatistics
 from nncompress.config import AlgorithmSection
 from nncompress.errors import InitDataError
 from nncompress.graph.layout import InsertionCommand, Priority, TargetType, TransformationLayout
-from nncompress.torch.bn_adaptation import adapt_batchnorm
 from nncompress.torch.bn_folding import fold_batchnorms
 from nncompress.torch.bn_modes import batch_statistics
 from nncompress.torch.calibration import forward_batches
 from nncompress.torch.runtime import get_runtime
 
 from ..base import BaseBuilder, BaseController
-from .params import DEFAULT_BN_ADAPTATION_SAMPLES, QuantizationParams
+from .params import QuantizationParams
 from .placement import PlacementRules, QuantizerPlacement, place_quantizers
 from .quantizers import FakeQuantizer, NativeFakeQuantize
 from .scheduler import DEFAULT_START_EPOCH, QuantizationScheduler
@@ -46,6 +46,7 @@ class QuantizationBuilder(BaseBuilder):
 
     algorithm = "quantization"
     priority = Priority.QUANTIZATION
+    bn_adaptation_by_default = True
 
     def __init__(self, section: AlgorithmSection, context: Any, rules: PlacementRules | None = None) -> None:
         super().__init__(section, context)
@@ -82,17 +83,24 @@ class QuantizationBuilder(BaseBuilder):
         return QuantizationController(model, self, self._quantizers, self.params)
 
     def initialize(self, model: nn.Module) -> None:
-        """Range initialisation from ``init_data``, then BatchNorm adaptation.
-
-        BatchNorm adaptation runs by default, as in NNCF 2.x (``num_bn_adaptation_samples``
-        2000), when ``init_data`` is given; ``"num_bn_adaptation_samples": 0`` turns it off.
-        """
+        """Range initialisation from ``init_data``, then BatchNorm adaptation (by default, as in
+        NNCF 2.x, whenever ``init_data`` is given: see :meth:`BaseBuilder.initialize`)."""
         self.init_ranges(model, self._quantizers)  # all, as NNCF: a staged group starts from them too
-        samples = self.params.num_bn_adaptation_samples
-        if samples is None:
-            samples = DEFAULT_BN_ADAPTATION_SAMPLES if self._context.init_data is not None else 0
-        if samples > 0:
-            adapt_batchnorm(model, self._context.init_data, samples)
+        super().initialize(model)
+
+    def reinit_ranges(self, model: nn.Module, quantizers: list[FakeQuantizer]) -> None:
+        """A staged group switching on: its ranges again from ``init_data``; without it (a run
+        resumed from a checkpoint without ``init_data``) they stay as they are, with a warning."""
+        if self._context.init_data is None:
+            warnings.warn(
+                f"{len(quantizers)} quantizers switched on without init_data to initialise their ranges "
+                "again (as NNCF 2.x's staged schedule does); they keep their saved ranges. Pass init_data "
+                "to create_compressed_model when resuming to re-initialise them",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+        self.init_ranges(model, quantizers)
 
     def init_ranges(self, model: nn.Module, quantizers: list[FakeQuantizer]) -> None:
         """Initialise the ranges of ``quantizers`` as the config says: weights from the weights,
@@ -159,7 +167,7 @@ class QuantizationController(BaseController):
             quantizers,
             w_start if w_start is not None else default,
             a_start if a_start is not None else default,
-            reinitialize=lambda qs: builder.init_ranges(model, qs),
+            reinitialize=lambda qs: builder.reinit_ranges(model, qs),
         )
 
     @property

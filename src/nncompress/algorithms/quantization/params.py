@@ -23,8 +23,6 @@ DEFAULT_NUM_INIT_SAMPLES = 256
 DEFAULT_RANGE_TYPE = "mixed_min_max"
 DEFAULT_MIN_PERCENTILE = 0.1
 DEFAULT_MAX_PERCENTILE = 99.9
-DEFAULT_BN_ADAPTATION_SAMPLES = 2000
-"""NNCF 2.x's default ``num_bn_adaptation_samples``; BatchNorm adaptation runs by default."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,6 @@ class QuantizationParams:
     weight_overrides: dict[str, dict[str, Any]]
     activation_overrides: dict[str, dict[str, Any]]
     range_inits: list[RangeInitParams]
-    num_bn_adaptation_samples: int | None  # None: the default (NNCF's 2000 when init_data is given)
     activations_quant_start_epoch: int | None
     weights_quant_start_epoch: int | None
     lr_multiplier: float = 1.0
@@ -163,7 +160,6 @@ class QuantizationParams:
             weight_overrides=dict(overrides.get("weights", {})),
             activation_overrides=dict(overrides.get("activations", {})),
             range_inits=range_inits,
-            num_bn_adaptation_samples=_bn_samples(init),
             activations_quant_start_epoch=staged.get("activations_quant_start_epoch"),
             weights_quant_start_epoch=staged.get("weights_quant_start_epoch"),
             lr_multiplier=_lr_multiplier(section),
@@ -200,13 +196,6 @@ class QuantizationParams:
     def range_init_for(self, name: str, group: str) -> RangeInitParams | None:
         """The first ``initializer.range`` setting that covers the quantizer."""
         return next((r for r in self.range_inits if r.applies_to(name, group)), None)
-
-
-def _bn_samples(initializer: dict[str, Any]) -> int | None:
-    if "batchnorm_adaptation" not in initializer:
-        return None
-    bn = initializer["batchnorm_adaptation"]
-    return int(bn.get("num_bn_adaptation_samples", DEFAULT_BN_ADAPTATION_SAMPLES))
 
 
 def _lr_multiplier(section: AlgorithmSection) -> float:

@@ -55,8 +55,8 @@ class FakeQuantizer(nn.Module):
     """Learnable fake quantizer of one tensor (a weight or an activation).
 
     The trained parameter ``scale`` is, as NNCF 2.x's, the *range* ``a = s * L``: the step ``s``
-    times ``L = qmax`` (``min(qmax, -qmin)`` for a signed range), i.e. the largest magnitude of a
-    symmetric range, the width of an unsigned one. Its gradient is NNCF's: summed over the
+    times ``L`` (:meth:`range_divisor`), i.e. the largest magnitude of a symmetric range, the
+    width of an asymmetric one. Its gradient is NNCF's: summed over the
     elements it covers, the upstream gradient times ``(q(x) - x) / a`` inside the range, ``1``
     above it and ``qmin / qmax`` below it (:func:`~nncompress.functional.quantize.fake_quantize_learnable`
     on ``a / L`` with ``grad_factor`` 1), times ``compression_lr_multiplier``.
@@ -72,6 +72,8 @@ class FakeQuantizer(nn.Module):
     :param channel_axis: per-channel axis, or ``None`` for per-tensor.
     :param num_channels: size of that axis.
     """
+
+    _version = 2  # 1: nncompress 0.1, ``scale`` was the step (converted on load)
 
     def __init__(
         self, params: QuantizerParams, name: str, group: str, channel_axis: int | None = None, num_channels: int = 1
@@ -116,8 +118,12 @@ class FakeQuantizer(nn.Module):
         return integer_range(self.bits, bool(self.signed), self.narrow_range)
 
     @staticmethod
-    def range_divisor(qmin: int, qmax: int) -> float:
-        """``L``, with step = range / L: ``qmax`` (``min(qmax, -qmin)`` for a signed range)."""
+    def range_divisor(qmin: int, qmax: int, symmetric: bool) -> float:
+        """``L``, with step = range / L. Symmetric: ``qmax`` (``min(qmax, -qmin)`` for a signed
+        range), so the range is the largest magnitude; asymmetric: ``qmax - qmin``, so the range
+        is the width (NNCF 2.x's ``input_range``)."""
+        if not symmetric:
+            return float(qmax - qmin)
         return float(qmax if qmin == 0 else min(qmax, -qmin))
 
     def extra_repr(self) -> str:
@@ -178,7 +184,7 @@ class FakeQuantizer(nn.Module):
             hi = torch.maximum(hi, lo + floor)
             qmin, qmax = self.levels
             scale, zp = scale_zero_point(lo, hi, qmin, qmax, self.symmetric)
-            divisor = self.range_divisor(qmin, qmax)
+            divisor = self.range_divisor(qmin, qmax, self.symmetric)
             self.scale.copy_(scale.reshape(self.scale.shape) * divisor)
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point.dtype))
             self.min_scale.fill_(max(_MIN_SCALE, float(scale.max()) * MIN_STEP_FRACTION) * divisor)
@@ -212,8 +218,6 @@ class FakeQuantizer(nn.Module):
             return x
         if self._levels is None:  # first call, or new state loaded: read the buffers once
             self._refresh(x)
-        if not math.isfinite(float(self.scale.detach().sum())):  # cheap; a NaN step would spread silently
-            self._raise_non_finite()
         qmin, qmax = self._levels  # type: ignore[misc]
         # Arguments are checked on the first call; afterwards shapes and dtypes cannot change.
         # a zero point known to be 0 is passed as None: the math then skips adding and subtracting it
@@ -228,12 +232,22 @@ class FakeQuantizer(nn.Module):
         """Read the buffers into plain attributes once (first call, or after a state was loaded)."""
         if not bool(self.initialized):
             self._init_from(x)
+        if not self.finite():
+            self.raise_non_finite()
         self._levels = self.levels
         self._zero_is_zero = self.symmetric and not bool(self.zero_point.any())
-        self._divisor = self.range_divisor(*self._levels)
+        self._divisor = self.range_divisor(*self._levels, self.symmetric)
         self._min_step = max(float(self.min_scale) / self._divisor, _MIN_SCALE)
 
-    def _raise_non_finite(self) -> None:
+    def finite(self) -> bool:
+        """Whether the range (and a learned zero point) are finite: one small device sync."""
+        total = self.scale.detach().sum()
+        if self.zero_point.is_floating_point():
+            total = total + self.zero_point.detach().sum()
+        return math.isfinite(float(total))
+
+    def raise_non_finite(self) -> None:
+        """:raises NonFiniteError: naming this quantizer and what to change."""
         raise NonFiniteError(
             f"the {self.group} quantizer at {self.name} has a non-finite step ({self.scale.detach().flatten()[:4]}"
             f"...): training diverged. Lower the learning rate, or the quantizers' with "
@@ -242,7 +256,7 @@ class FakeQuantizer(nn.Module):
 
     def _step(self) -> torch.Tensor:
         """The step in use: ``max(|scale|, min_scale) / L``, detached."""
-        divisor = self.range_divisor(*self.levels)
+        divisor = self.range_divisor(*self.levels, self.symmetric)
         return self.scale.detach().abs().clamp_min(float(self.min_scale)).div(divisor).clamp_min(_MIN_SCALE)
     def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Run an ``embedding`` op reading this quantizer's weight, quantizing only the rows it reads.
@@ -265,15 +279,21 @@ class FakeQuantizer(nn.Module):
         row_scale = torch.nn.functional.embedding(ids, step)  # (..., 1)
         return fake_quantize_rows_learnable(rows, row_scale, qmin, qmax, self.lr_multiplier)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
         scale, signed = state_dict.get(prefix + "scale"), state_dict.get(prefix + "signed")
-        if prefix + "min_scale" not in state_dict and isinstance(scale, torch.Tensor) and signed is not None:
-            # a checkpoint from nncompress 0.1, whose ``scale`` was the step: make it the range
-            divisor = self.range_divisor(*integer_range(self.bits, bool(signed), self.narrow_range))
+        version = local_metadata.get("version")
+        if ((version is None or version < 2) and prefix + "min_scale" not in state_dict
+                and isinstance(scale, torch.Tensor) and signed is not None):
+            # a checkpoint from nncompress 0.1 (module version 1, no step floor), whose ``scale``
+            # was the step: make it the range
+            levels = integer_range(self.bits, bool(signed), self.narrow_range)
+            divisor = self.range_divisor(*levels, self.symmetric)
             state_dict[prefix + "scale"] = scale * divisor
             floor = max(_MIN_SCALE, float(scale.abs().max()) * MIN_STEP_FRACTION) * divisor
             state_dict[prefix + "min_scale"] = torch.tensor(floor)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         self._levels = None  # signedness may have changed
 
     def _init_from(self, x: torch.Tensor) -> None:

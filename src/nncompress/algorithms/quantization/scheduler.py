@@ -12,6 +12,7 @@ quantizers' steps (see :meth:`QuantizationScheduler.step`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,6 +80,7 @@ class QuantizationScheduler(BaseCompressionScheduler):
         before ``create_compressed_model`` from ``model.parameters()``), and a warning says so.
         """
         super().step(next_step)
+        self._check_finite()
         if self._steps_seen > OPTIMIZER_CHECK_STEP:
             return
         if self._steps_seen == 0:
@@ -87,6 +89,19 @@ class QuantizationScheduler(BaseCompressionScheduler):
             self._check_optimizer(self._snapshot)
             self._snapshot = None
         self._steps_seen += 1
+
+    def _check_finite(self) -> None:
+        """One check of every range per training step (one device sync): a range the last
+        optimizer step made NaN or infinite raises, naming its quantizer, before the forward."""
+        if not self.quantizers:
+            return
+        with torch.no_grad():
+            total = torch.stack([q.scale.sum() for q in self.quantizers]).sum()
+            if math.isfinite(float(total)):
+                return
+        for q in self.quantizers:
+            if not q.finite():
+                q.raise_non_finite()
 
     def _check_optimizer(self, snapshot: list[torch.Tensor]) -> None:
         with torch.no_grad():
