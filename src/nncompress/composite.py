@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from functools import reduce
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from nncompress.algorithms.base import BaseBuilder, BaseController, export_compressed
 from nncompress.algorithms.selection import CaptureReport
-from nncompress.algorithms.state_fields import STATE_FORMAT_VERSION, state_list, state_mapping
+from nncompress.algorithms.state_fields import STATE_FORMAT_VERSION, check_loadable, state_list, state_mapping
 from nncompress.api.compression import (
     CompressionAlgorithmBuilder,
     CompressionAlgorithmController,
@@ -49,11 +50,21 @@ class CompositeCompressionLoss(CompressionLoss):
         values = [loss(*args, **kwargs) for loss in self.child_losses]
         return reduce(lambda a, b: a + b, values) if values else 0.0
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Load each child's state (``state["child_states"]``, in order).
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Check every child's state, changing nothing.
 
-        :raises CompressionStateError: unless ``child_states`` is a list of one dict per child.
+        :raises CompressionStateError: unless ``child_states`` is a list of one valid state per child.
         """
+        for loss, s in zip(self.child_losses, _child_states(state, len(self.child_losses), "loss_state")):
+            check_loadable(loss, s)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load each child's state (``state["child_states"]``, in order), once all are checked.
+
+        :raises CompressionStateError: unless ``child_states`` is a list of one valid state per
+            child; no child is changed then.
+        """
+        self.check_state(state)
         for loss, s in zip(self.child_losses, _child_states(state, len(self.child_losses), "loss_state")):
             loss.load_state(s)
 
@@ -78,11 +89,21 @@ class CompositeCompressionScheduler(CompressionScheduler):
         for s in self.child_schedulers:
             s.epoch_step(next_epoch)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Load each child's state (``state["child_states"]``, in order).
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Check every child's state, changing nothing.
 
-        :raises CompressionStateError: unless ``child_states`` is a list of one dict per child.
+        :raises CompressionStateError: unless ``child_states`` is a list of one valid state per child.
         """
+        for s, st in zip(self.child_schedulers, _child_states(state, len(self.child_schedulers), "scheduler_state")):
+            check_loadable(s, st)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load each child's state (``state["child_states"]``, in order), once all are checked.
+
+        :raises CompressionStateError: unless ``child_states`` is a list of one valid state per
+            child; no child is changed then.
+        """
+        self.check_state(state)
         for s, st in zip(self.child_schedulers, _child_states(state, len(self.child_schedulers), "scheduler_state")):
             s.load_state(st)
 
@@ -151,8 +172,20 @@ class CompositeCompressionAlgorithmController(CompressionAlgorithmController[nn.
                 merged.register(name, stats)
         return merged
 
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Check every child's entry of a ``ctrl_state``, changing nothing.
+
+        :raises CompressionStateError: naming the path of the first missing or bad field.
+        """
+        for c in self.child_ctrls:
+            c.check_state(state)
+
     def load_state(self, state: dict[str, Any]) -> None:
-        """Each child loads its own entry."""
+        """Each child loads its own entry, once every child's entry is checked.
+
+        :raises CompressionStateError: naming the first missing or bad field; no child is changed then.
+        """
+        self.check_state(state)
         for c in self.child_ctrls:
             c.load_state(state)
 

@@ -130,3 +130,24 @@ def test_config_without_compression_inserts_nothing(cnn: ResidualCNN) -> None:
     keys = list(cnn.state_dict())
     nnc.create_compressed_model(cnn, {"input_info": {"sample_size": [1, 1, 8, 8]}})
     _assert_untouched(cnn, keys)
+
+
+@pytest.mark.parametrize("scope", [
+    "{re}(?<=__mul__|abcdefg)x",  # NNCF's __mul__ becomes mul: look-behind widths 3 and 7
+    "{re}(?P<mul>a)|(?P<__mul__>b)",  # ... and a second group named mul
+])
+def test_scope_regex_is_validated_as_the_matcher_compiles_it(cnn: ResidualCNN, scope: str) -> None:
+    """A regex valid as written, but not once NNCF 2.x's names in it are translated, is a
+    ConfigError at validation (before: a bare re.error from create_compressed_model)."""
+    keys = list(cnn.state_dict())
+    with pytest.raises(ConfigError, match="is not a regular expression") as info:
+        config = sparsity_config(ignored_scopes=["{re}.*fc.*", scope])
+        nnc.create_compressed_model(cnn, config)
+    assert info.value.json_path == "compression.ignored_scopes[1]"
+    _assert_untouched(cnn, keys)
+
+
+def test_scope_regex_valid_only_once_translated_is_accepted(cnn: ResidualCNN) -> None:
+    # (?<=abc|__mul__) has look-behinds of 3 and 7 characters as written, 3 and 3 for the matcher
+    ctrl, _ = nnc.create_compressed_model(cnn, sparsity_config(ignored_scopes=["{re}(?<=abc|__mul__)x|.*fc.*"]))
+    assert ctrl.capture_report.compressed

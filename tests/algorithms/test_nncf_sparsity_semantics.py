@@ -344,3 +344,20 @@ def test_embedding_bag_weights_are_sparsified() -> None:
     ref = F.linear(F.embedding_bag(ids, model.bag.weight * bag_mask, mode="sum"), model.fc.weight * fc_mask,
                    model.fc.bias)
     assert torch.allclose(model(ids), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("level", [1.0, -0.1, float("nan"), True, "0.5"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_compression_rate_setter_refuses_as_set_sparsity_level(cnn: ResidualCNN, level: object, frozen: bool) -> None:
+    """One level check (``set_sparsity_level``'s) for both ways to set a level; a refused level
+    leaves the masks and the frozen flag as they were."""
+    ctrl, _ = nnc.create_compressed_model(cnn, sparsity_config({"sparsity_init": 0.2}))
+    ctrl.freeze(frozen)
+    masks = [r.mask.mask.clone() for r in ctrl.sparsified_weights]
+    with pytest.raises(InvalidArgumentError) as direct:
+        ctrl.set_sparsity_level(level)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError) as setter:
+        ctrl.compression_rate = level  # type: ignore[assignment]
+    assert str(setter.value) == str(direct.value)
+    assert ctrl.frozen is frozen and ctrl.current_level == 0.2
+    assert all(torch.equal(m, r.mask.mask) for m, r in zip(masks, ctrl.sparsified_weights))

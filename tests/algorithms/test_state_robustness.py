@@ -3,7 +3,9 @@ and the model left as it was (issue 8).
 
 The fuzz test takes real states and mutates every key and value (delete it, wrong types, NaN,
 a float where an integer is stored, infinity, a negative number, an extra key) and resumes from
-each. Each try must either work or raise CompressionStateError with the model untouched.
+each. Each try must either work or raise CompressionStateError with the model untouched, from a
+field check whose message names the path in the state, not from the safety net in
+``model_creation`` that turns any KeyError/TypeError/ValueError of loading into one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 import nncompress as nnc
 from nncompress.algorithms.state_fields import STATE_FORMAT_VERSION
-from nncompress.errors import CompressionStateError
+from nncompress.errors import CompressionStateError, NNCompressError
 from nncompress.torch.runtime import get_runtime
 from tests.algorithms.helpers import sparsity_config
 from tests.model_zoo import ResidualCNN
@@ -28,6 +30,7 @@ from tests.model_zoo import ResidualCNN
 Path = tuple[Any, ...]
 _DELETE = object()
 _BAD_VALUES: list[Any] = ["x", None, [], {}, True, float("nan"), 1.5, float("inf"), -7, 10**30]
+_STATE_PATH = re.compile(r"\b(ctrl_state|builder_state|compression_state)\b")
 
 CONFIGS = {
     "poly_per_step": sparsity_config({"sparsity_init": 0.1, "sparsity_target": 0.6, "sparsity_target_epoch": 2,
@@ -119,12 +122,19 @@ def test_every_mutated_state_is_loaded_or_refused_cleanly(name: str) -> None:
     hooks_before = (len(model._forward_hooks), len(model._forward_pre_hooks))
     refused = 0
     tried = 0
+    through_net: list[str] = []  # refusals the field checks missed
+    unnamed: list[str] = []  # refusals whose message names no path in the state
     for label, bad_state in _mutations(state):
         tried += 1
         try:
             ctrl, compressed = nnc.create_compressed_model(model, config, compression_state=bad_state)
-        except CompressionStateError:
+        except CompressionStateError as err:
             refused += 1
+            # the net raises ``from`` the KeyError/TypeError/...; field checks have no such cause
+            if isinstance(err.__cause__, Exception) and not isinstance(err.__cause__, NNCompressError):
+                through_net.append(f"{label}: {err}")
+            elif not _STATE_PATH.search(str(err)):
+                unnamed.append(f"{label}: {err}")
             assert get_runtime(model) is None, label
             after = model.state_dict()
             assert list(after) == list(before), label
@@ -142,6 +152,8 @@ def test_every_mutated_state_is_loaded_or_refused_cleanly(name: str) -> None:
         model = ResidualCNN()
         before = _snapshot(model)
     assert tried > 100 and refused > tried // 2
+    assert not through_net, f"{len(through_net)} of {refused} refusals came through the safety net: {through_net}"
+    assert not unnamed, f"{len(unnamed)} of {refused} refusals name no path in the state: {unnamed}"
 
 
 def test_nan_levels_and_float_epochs_are_refused_naming_the_field() -> None:
@@ -203,3 +215,41 @@ def test_state_fields_docstring_examples() -> None:
     from nncompress.algorithms import state_fields
 
     assert doctest.testmod(state_fields, raise_on_error=False).failed == 0
+
+
+def _position(ctrl: Any) -> dict[str, Any]:
+    """Everything a controller load may change: each child's counters and state, quantizers' flags."""
+    quantization, sparsity = ctrl.child_ctrls
+    return {
+        "state": json.dumps(ctrl.get_state()),
+        "enabled": [q.enabled for q in quantization.quantizers],
+        "masks": [r.mask.mask.clone() for r in sparsity.sparsified_weights],
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*quantizers switched on without init_data")
+@pytest.mark.parametrize("path, value", [
+    (("magnitude_sparsity", "scheduler_state", "current_level"), float("nan")),
+    (("magnitude_sparsity", "scheduler_state", "current_epoch"), 1.5),
+    (("magnitude_sparsity", "scheduler_state", "skipping_epoch"), "no"),
+    (("magnitude_sparsity", "loss_state"), []),
+    (("magnitude_sparsity", "thresholds"), [0.1]),
+    (("magnitude_sparsity", "frozen"), 0),
+    (("quantization", "scheduler_state", "current_step"), -2),
+])
+def test_a_refused_composite_state_changes_no_child(path: Path, value: Any) -> None:
+    """``ctrl.load_state`` itself (no net around it): the first child's valid entry is not loaded
+    when the second child's entry is refused, and a refused scheduler field leaves the counters."""
+    config = CONFIGS["quantization+magnitude"]
+    saved = _trained_state(config)["ctrl_state"]  # epoch 1: quantizers on (start epoch 1)
+    torch.manual_seed(0)
+    ctrl, _ = nnc.create_compressed_model(ResidualCNN(), config)  # epoch -1: quantizers off
+    before = _position(ctrl)
+    assert not any(before["enabled"])
+    with pytest.raises(CompressionStateError, match=r"^ctrl_state\." + re.escape(".".join(map(str, path[:2])))):
+        ctrl.load_state(_mutated(saved, path, value))
+    after = _position(ctrl)
+    assert after["state"] == before["state"] and after["enabled"] == before["enabled"]
+    assert all(torch.equal(a, b) for a, b in zip(after["masks"], before["masks"]))
+    ctrl.load_state(saved)  # the good state still loads and switches the quantizers on
+    assert all(_position(ctrl)["enabled"])

@@ -31,7 +31,14 @@ from nncompress.torch.runtime import apply_layout, strip_runtime
 
 from .context import CompressionContext
 from .selection import CaptureReport
-from .state_fields import STATE_FORMAT_VERSION, state_field, state_int, state_list, state_mapping
+from .state_fields import (
+    STATE_FORMAT_VERSION,
+    check_loadable,
+    state_field,
+    state_int,
+    state_list,
+    state_mapping,
+)
 
 
 class ZeroCompressionLoss(nn.Module, CompressionLoss):
@@ -237,24 +244,42 @@ class BaseController(CompressionAlgorithmController[nn.Module]):
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore scheduler and loss state (the model's tensors come from its ``state_dict``)."""
+        """Restore scheduler and loss state (the model's tensors come from its ``state_dict``).
+
+        Every field is checked (:meth:`check_state`) before anything is assigned.
+
+        :raises CompressionStateError: naming the first missing or bad field; nothing is changed then.
+        """
+        mine = self._checked_entry(state)
+        self.scheduler.load_state(dict(mine["scheduler_state"]))
+        self.loss.load_state(dict(mine["loss_state"]))
+        self._load_extra_state(mine)
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Check this controller's entry of a ``ctrl_state`` as :meth:`load_state` reads it, changing nothing.
+
+        :raises CompressionStateError: naming the path of the first missing or bad field.
+        """
+        self._checked_entry(state)
+
+    def _checked_entry(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         state_mapping(state, "ctrl_state")
         if self.name not in state:
             raise CompressionStateError(
-                f"the controller state has no entry for {self.name!r} (it has {sorted(map(str, state))}); "
+                f"ctrl_state has no entry for {self.name!r} (it has {sorted(map(str, state))}); "
                 "it was saved with a different config"
             )
         where = f"ctrl_state.{self.name}"
         mine = state_mapping(state[self.name], where)
         scheduler_state = state_mapping(state_field(mine, "scheduler_state", where), f"{where}.scheduler_state")
         loss_state = state_mapping(state_field(mine, "loss_state", where), f"{where}.loss_state")
-        self._check_extra_state(mine, where)
         try:
-            self.scheduler.load_state(dict(scheduler_state))
-            self.loss.load_state(dict(loss_state))
+            check_loadable(self.scheduler, scheduler_state)
+            check_loadable(self.loss, loss_state)
         except CompressionStateError as err:  # name the full path in the state
-            raise CompressionStateError(f"ctrl_state.{self.name}.{err}") from None
-        self._load_extra_state(mine)
+            raise CompressionStateError(f"{where}.{err}") from None
+        self._check_extra_state(mine, where)
+        return mine
 
     def _check_extra_state(self, state: Mapping[str, Any], where: str) -> None:
         """Raise :class:`CompressionStateError` for a bad field of :meth:`_extra_state` (nothing loaded yet)."""

@@ -20,12 +20,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from nncompress.api.compression import CompressionScheduler
 from nncompress.errors import CompressionStateError
 
 STATE_FORMAT_VERSION: int = 1
 """Version of the ``compression_state`` layout written by ``get_compression_state()`` (key
 ``"format_version"``). Loading refuses any other version; a state without the key (written before
-versioning) is read as version 1, whose layout it has."""
+versioning) is read as version 1. Fields added to version 1 since are optional, with the value
+that gives the older code's behaviour: the polynomial schedule's ``skipping_epoch`` is ``false``
+(the older code never skipped an epoch)."""
 
 
 def _describe(value: Any) -> str:
@@ -122,11 +125,20 @@ def state_level(state: Any, key: str, where: str) -> float:
     return float(state_float(state, key, where, low=0.0, high=1.0))
 
 
-def state_bool(state: Any, key: str, where: str) -> bool:
+def state_bool(state: Any, key: str, where: str, *, default: bool | None = None) -> bool:
     """``state[key]`` as a JSON boolean.
 
-    :raises CompressionStateError: for a missing key or another type (``0``/``1`` included).
+    :param state: the mapping to read from.
+    :param key: the key.
+    :param where: the mapping's path in the state, for the message.
+    :param default: the value of a missing key (a field added after states were first written);
+        without it a missing key is refused.
+    :return: the boolean.
+    :raises CompressionStateError: for a missing key (without ``default``) or another type
+        (``0``/``1`` included).
     """
+    if default is not None and key not in state_mapping(state, where):
+        return default
     value = _field(state, key, where)
     if not isinstance(value, bool):
         raise _fail(where, key, "true or false", value)
@@ -144,6 +156,35 @@ def state_list(state: Any, key: str, where: str, *, length: int | None = None) -
     if length is not None and len(value) != length:
         raise _fail(where, key, f"a list of {length} entries", value)
     return value
+
+
+def state_counters(state: Any, where: str) -> tuple[int, int]:
+    """``current_step`` and ``current_epoch`` of a scheduler state: integers ``>= -1`` (-1 before the first call).
+
+    :raises CompressionStateError: for a missing key or a bad value.
+    """
+    return (state_int(state, "current_step", where, minimum=-1),
+            state_int(state, "current_epoch", where, minimum=-1))
+
+
+def check_loadable(component: Any, state: Mapping[str, Any]) -> None:
+    """Check ``state`` for ``component.load_state`` without loading it, so that a state can be
+    checked whole before any part of it is assigned.
+
+    A component with a ``check_state(state)`` method (the sparsity schedulers, the composite
+    scheduler and loss) is checked by it. A scheduler without one keeps the two counters only (the
+    quantization scheduler, the stub scheduler) and is checked for them; a loss without one (the
+    zero loss) keeps nothing and takes any mapping.
+
+    :param component: a scheduler or loss.
+    :param state: its saved state.
+    :raises CompressionStateError: naming the first missing or bad field.
+    """
+    check = getattr(component, "check_state", None)
+    if callable(check):
+        check(state)
+    elif isinstance(component, CompressionScheduler):
+        state_counters(state, "scheduler_state")
 
 
 def check_format_version(state: Mapping[str, Any]) -> None:
@@ -164,7 +205,9 @@ def check_format_version(state: Mapping[str, Any]) -> None:
 __all__ = [
     "STATE_FORMAT_VERSION",
     "check_format_version",
+    "check_loadable",
     "state_bool",
+    "state_counters",
     "state_field",
     "state_float",
     "state_int",

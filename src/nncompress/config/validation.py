@@ -18,6 +18,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from nncompress.config.schema import CONFIG_SCHEMA, KNOWN_ALGORITHMS
 from nncompress.errors import ConfigError, UnknownAlgorithmError
+from nncompress.graph.scopes import REGEX_PREFIX, compile_scope_regex
 
 _VALIDATOR = jsonschema.Draft7Validator(CONFIG_SCHEMA)
 MAX_DEPTH = 64
@@ -236,10 +237,10 @@ def check_scope_regexes(data: Mapping[str, Any]) -> None:
             if isinstance(by_scope, Mapping):
                 entries.extend(((*base, "scope_overrides", group, s), s) for s in by_scope)
         for path, scope in entries:
-            if not scope.startswith("{re}"):
+            if not scope.startswith(REGEX_PREFIX):
                 continue
-            try:
-                re.compile(scope[len("{re}") :])
+            try:  # as the matcher compiles it: NNCF 2.x's names in it are translated first
+                compile_scope_regex(scope[len(REGEX_PREFIX) :])
             except re.error as err:
                 raise ConfigError(
                     format_json_path(path),

@@ -199,11 +199,17 @@ class MagnitudeSparsityController(BaseSparsityController):
         self.frozen = bool(freeze)
 
     def _set_compression_rate(self, level: float) -> None:
-        """As NNCF 2.x's setter (used by accuracy-aware training): unfreeze, set ``level``, freeze."""
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
-            raise InvalidArgumentError(f"compression_rate (the sparsity level) must be in [0, 1), got {level!r}")
+        """As NNCF 2.x's setter (used by accuracy-aware training): unfreeze, set ``level``, freeze.
+
+        :raises InvalidArgumentError: from :meth:`set_sparsity_level`; masks and frozen flag are kept then.
+        """
+        frozen = self.frozen
         self.freeze(False)
-        self.set_sparsity_level(level)
+        try:
+            self.set_sparsity_level(level)
+        except InvalidArgumentError:
+            self.freeze(frozen)
+            raise
         self.freeze(True)
 
     def compression_stage(self) -> CompressionStage:

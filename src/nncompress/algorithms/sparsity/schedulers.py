@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from nncompress.functional import schedules as fs
 
 from ..base import BaseCompressionScheduler
-from ..state_fields import state_bool, state_int, state_level
+from ..state_fields import state_bool, state_counters, state_int, state_level
 
 
 class SparsityLevelTarget(Protocol):
@@ -93,12 +93,20 @@ class SparsityScheduler(BaseCompressionScheduler):
         """This class's fields of ``state``, checked (subclasses add theirs)."""
         return {"current_level": state_level(state, "current_level", "scheduler_state")}
 
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Check every field :meth:`load_state` reads, changing nothing.
+
+        :raises CompressionStateError: for a missing or bad field.
+        """
+        state_counters(state, "scheduler_state")
+        self._read_state(state)
+
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore counters and level; the masks come from the model's ``state_dict``.
 
         :raises CompressionStateError: for a missing or bad field; nothing is changed then.
         """
-        fields = self._read_state(state)
+        fields = self._read_state(state)  # the counters are checked by the base before any assignment
         super().load_state(state)
         for name, value in fields.items():
             setattr(self, name, value)
@@ -196,7 +204,8 @@ class PolynomialSparsityScheduler(SparsityScheduler):
             **super()._read_state(state),
             "steps_in_epoch": state_int(state, "steps_in_epoch", where, minimum=0),
             "steps_per_epoch": state_int(state, "steps_per_epoch", where, minimum=1, optional=True),
-            "skipping_epoch": state_bool(state, "skipping_epoch", where),
+            # absent from states written before it was added; that code never skipped an epoch
+            "skipping_epoch": state_bool(state, "skipping_epoch", where, default=False),
         }
 
 
