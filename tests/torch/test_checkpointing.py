@@ -148,3 +148,45 @@ def test_transformers_gradient_checkpointing(kind: str, algorithm: str, reentran
         opt.step()
         losses.append(value.item())
     assert losses[-1] < losses[0]
+
+
+class TiedLM(nn.Module):
+    """Embedding, two blocks, and a head whose linear layer reads the embedding's (tied) weight.
+    ``reentrant`` as in :class:`CheckpointedCNN`; the head is checkpointed too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(2)])
+        self.head = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 50, bias=False))
+        self.head[1].weight = self.emb.weight
+        self.reentrant: bool | None = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        for module in (*self.blocks, self.head):
+            x = module(x) if self.reentrant is None else checkpoint(module, x, use_reentrant=self.reentrant)
+        return x
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_tied_weight_is_masked_in_recomputation_with_scope_hooks_only_on_its_readers(reentrant: bool) -> None:
+    torch.manual_seed(0)
+    config = {"input_info": {"sample_size": [2, 5], "type": "long"}, "compression": ALGORITHMS["magnitude_sparsity"]}
+    _, model = nnc.create_compressed_model(TiedLM(), config)
+    rt = get_runtime(model)
+    assert rt is not None and not rt.op_points and "emb.weight" not in rt.owner_local
+    # weight points only: the scope hooks just start recomputation where the tied weight is read
+    assert rt.scope_hooked == {"emb", "head.1"}
+    hooked = [name for name, m in model.named_modules() if any(
+        getattr(h, "__func__", None) is type(rt).push_scope for h in m._forward_pre_hooks.values())]
+    assert sorted(hooked) == ["emb", "head.1"]
+    model.train()
+    plain = copy.deepcopy(model)
+    ids = torch.randint(0, 50, (4, 5), generator=torch.Generator().manual_seed(1))
+    target = torch.randint(0, 50, (4 * 5,), generator=torch.Generator().manual_seed(2))
+    F.cross_entropy(plain(ids).flatten(0, 1), target).backward()
+    model.reentrant = reentrant
+    F.cross_entropy(model(ids).flatten(0, 1), target).backward()
+    assert _get_current_function_mode() is None
+    _assert_same_grads(plain, model)

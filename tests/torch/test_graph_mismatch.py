@@ -87,6 +87,26 @@ def test_skipped_op_of_a_quantized_family_raises_after_the_forward() -> None:
     assert _get_current_function_mode() is None
 
 
+def test_mismatch_is_detected_when_the_model_runs_inside_an_except_block() -> None:
+    torch.manual_seed(0)
+    model = _qat(ControlFlowNet(), [2, 8])
+    try:
+        raise KeyError("a caller's own error, being handled")
+    except KeyError:  # the runtime must not take the handled error for a failure of the forward
+        with pytest.raises(GraphMismatchError, match=r"ran 1 'mul' call\(s\) in ControlFlowNet, capture counted 2"):
+            model(torch.randn(1, 8))
+    assert _get_current_function_mode() is None
+
+
+def test_a_failed_forward_is_not_checked() -> None:
+    torch.manual_seed(0)
+    model = _qat(ControlFlowNet(), [2, 8])
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="mat1 and mat2"):
+        warnings.simplefilter("error")  # (torch turns an error of an always_call hook into a warning)
+        model(torch.randn(1, 5))  # fails in its first layer: partial counts, not compared with capture's
+    model(torch.randn(3, 8))  # and the runtime is intact
+
+
 def test_unseen_layer_touching_no_point_warns_once() -> None:
     class Extra(nn.Module):
         def __init__(self) -> None:

@@ -32,7 +32,8 @@ class CompressionContext:
     def graph_for(self, model: nn.Module) -> CapturedGraph:
         """The captured graph of ``model`` (captured once, in eval mode, then reused by every builder).
 
-        The runtime later checks each forward of the model against its op sequence.
+        The graph is given to the model's runtime (installed now if need be), which checks each
+        later forward of the model against its op sequence.
 
         :raises InputInfoError: if the model cannot run on inputs built from ``input_info``.
         :raises CaptureError: if the model fails during capture on a user-given example input.
@@ -53,5 +54,5 @@ class CompressionContext:
                     f"{exc}"
                 ) from exc
             self._graphs[id(model)] = graph
-            expect_captured_ops(model, graph)  # every later forward is checked against it
+            expect_captured_ops(model, graph)  # to the model's runtime, which checks every later forward
         return graph

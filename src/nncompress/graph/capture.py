@@ -146,15 +146,18 @@ class CapturedGraph:
                     out.setdefault(producer, []).append((node.name, port))
         return out
 
-    def owner_only_weights(self) -> set[str]:
-        """Parameters (qualified names) read only by ops of the module that owns them."""
+    def weight_readers(self) -> dict[str, set[str]]:
+        """Parameter (qualified name) -> qualified names of the modules whose ops read it directly."""
         readers: dict[str, set[str]] = {}
-        owners: dict[str, str] = {}
         for node in self.nodes.values():
             for read in node.weights:
                 readers.setdefault(read.qualified_name, set()).add(node.module)
-                owners[read.qualified_name] = read.module
-        return {name for name, modules in readers.items() if modules == {owners[name]}}
+        return readers
+
+    def owner_only_weights(self) -> set[str]:
+        """Parameters (qualified names) read only by ops of the module that owns them."""
+        owners = {read.qualified_name: read.module for node in self.nodes.values() for read in node.weights}
+        return {name for name, modules in self.weight_readers().items() if modules == {owners[name]}}
 
     def weighted_nodes(self) -> list[OpNode]:
         """Ops that read at least one parameter, in execution order."""

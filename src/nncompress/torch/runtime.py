@@ -12,23 +12,15 @@ and only then, a :class:`torch.overrides.TorchFunctionMode` is active that
 Nothing global is patched; other models and libraries are unaffected. The original parameters
 and their ``state_dict`` keys stay as they are; inserted modules add keys under ``nncompress.``.
 
-Two things keep op names honest (see ``docs/capture.md``):
-
-* **the captured op sequence**: a forward that runs an op capture did not see, or fewer ops of a
-  kind than capture saw, in a ``(scope, op)`` family that holds an operation point raises
-  :class:`~nncompress.errors.GraphMismatchError` (the point could land on another op); unseen
-  ops that touch no point run uncompressed, with one warning;
-* **activation checkpointing**: when backward re-runs a checkpointed module outside the model's
-  forward, its hooks restore the state that module had in the last forward with gradients
-  (transformed weights, scope, op counters), so the recomputation runs the same inserted modules.
+Two things keep op names honest (see ``docs/capture.md``): the check of each forward against the
+captured op sequence (:mod:`nncompress.torch.op_sequence`), and, for activation checkpointing, the
+state a module call had in the last forward with gradients, restored when backward re-runs it
+(:mod:`nncompress.torch.recompute`).
 """
 
 from __future__ import annotations
 
-import sys
-import warnings
-import weakref
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -38,26 +30,17 @@ from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
 from torch.overrides import _get_current_function_mode as _current_mode
 
 from nncompress.api.compression import StripFormat
-from nncompress.errors import GraphMismatchError, InvalidArgumentError
-from nncompress.graph.capture import CapturedGraph, Site, caller_frame, site_of
+from nncompress.errors import InvalidArgumentError
+from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import InsertionCommand, TargetType, TransformationLayout
 from nncompress.graph.scopes import is_shape_arithmetic, module_scopes, op_base_name
+from nncompress.torch.op_sequence import ANY_NAME, ExpectedOps, Family, point_families
+from nncompress.torch.recompute import ForwardLog, in_backward
 
 RUNTIME_ATTR = "nncompress"
 
 
 Entry = tuple[int, str, str]  # (priority, group, key)
-Family = tuple[str, str]  # (scope, op): the ops one call counter numbers
-
-
-class _AnyName(Container[str]):
-    """The known op names of a runtime without a captured sequence (a layout applied by hand)."""
-
-    def __contains__(self, name: object) -> bool:
-        return True
-
-
-_ANY_NAME = _AnyName()
 
 
 class _HookMode(TorchFunctionMode):
@@ -85,8 +68,10 @@ class _HookMode(TorchFunctionMode):
         if not (rt.pre_points or rt.post_points) or is_shape_arithmetic(args, kwargs):
             return func(*args, **kwargs)
         name = rt._next_op_name(op)
-        if name not in rt.known_ops:  # one set lookup; the rest only runs for an unseen op
-            return rt._run_unseen(name, func, args, kwargs)
+        if name not in rt.known_ops:  # the check against capture: one set lookup per op
+            if rt.expected is not None:  # (always: without a capture every name is known)
+                rt.expected.unseen(name, rt._point_families(rt._fw), args, kwargs)
+            return func(*args, **kwargs)
         pre = rt.pre_points.get(name)
         if pre:
             args, kwargs = _map_ports(args, kwargs, {port: rt._chain(e) for port, e in pre.items()})
@@ -135,7 +120,7 @@ class _ForwardState:
     """What one forward of the model needs; a plain object, as ``nn.Module.__setattr__`` is slow."""
 
     __slots__ = ("mode", "by_param", "by_owner", "swapped", "internal", "weight_cache", "scopes", "stack",
-                 "counters", "depth", "grad", "log", "entries", "recompute", "used", "families")
+                 "counters", "depth", "grad", "returned", "record", "log", "recompute", "families")
 
     def __init__(self, depth: int = 0) -> None:
         self.mode: _HookMode | None = None
@@ -146,16 +131,15 @@ class _ForwardState:
         self.weight_cache: dict[int, torch.Tensor] = {}
         self.scopes: dict[nn.Module, tuple[str, str]] = {}
         self.stack: list[nn.Module] = []
-        self.counters: dict[Family, int] = {}
+        self.counters: dict[Family, int] = defaultdict(int)  # calls per (scope, op) so far
         self.depth = depth
         self.grad = False  # gradients enabled when the forward began
-        # For recomputation by activation checkpointing: the family of every counted op, in
-        # order, and for each module call (id of its first argument, ops counted before it).
-        # ``used``: the calls of this forward already recomputed.
-        self.log: list[Family] = []
-        self.entries: dict[nn.Module, list[tuple[int, int]]] = {}
+        self.returned = False  # the model's forward returned (set by HookRuntime.returned)
+        # For recomputation by activation checkpointing, in a forward with gradients and op points:
+        # its counted ops and module calls; ``log`` is ``record.ops``, bound here for the hot path.
+        self.record: ForwardLog | None = None
+        self.log: list[Family] | None = None
         self.recompute: nn.Module | None = None  # the module being recomputed in backward
-        self.used: set[tuple[nn.Module, int]] = set()
         self.families: dict[Family, list[str]] | None = None  # built on the first unseen op
 
 
@@ -174,12 +158,12 @@ class HookRuntime(nn.Module):
         # Weights read only by ops of their owning module: swapped in by that module's hooks,
         # which is cheaper than intercepting every op of the forward.
         self.owner_local: set[str] = set()
-        # The captured op sequence: calls per (scope, op), and every name it gave.
-        self.captured_counts: dict[Family, int] | None = None
-        self.captured_sites: dict[Family, frozenset[Site]] = {}
-        self.known_ops: Container[str] = _ANY_NAME
-        self.warned_unseen = False
-        self.scope_hooks = False  # whether every sub-module has push_scope / pop_scope hooks
+        # The captured op sequence (None: a layout applied by hand, not checked) and every name it gave.
+        self.expected: ExpectedOps | None = None
+        self.known_ops: Container[str] = ANY_NAME
+        # Per parameter, the modules whose ops read it at capture (None: no capture).
+        self.weight_readers: dict[str, frozenset[str]] | None = None
+        self.scope_hooked: set[str] = set()  # sub-modules (qualified names) with push/pop_scope hooks
         self._fw = _ForwardState()
         self._last: _ForwardState | None = None  # the last forward with gradients, for recomputation
 
@@ -195,14 +179,19 @@ class HookRuntime(nn.Module):
 
         :param graph: the capture the inserted modules' points were chosen from.
         """
-        self.captured_counts = dict(graph.op_counts)
-        self.captured_sites = dict(graph.op_sites)
-        self.known_ops = frozenset(f"{s}/{op}_{i}" for (s, op), n in graph.op_counts.items() for i in range(n))
+        self.expected = ExpectedOps(graph)
+        self.known_ops = self.expected.names
+        self.weight_readers = {name: frozenset(m) for name, m in graph.weight_readers().items()}
 
     @property
     def op_points(self) -> bool:
         """Whether any module sits at an operation input or output."""
         return bool(self.pre_points or self.post_points)
+
+    @property
+    def empty(self) -> bool:
+        """Whether no inserted module is left."""
+        return not (self.weight_points or self.op_points)
 
     def forward(self, *args: Any) -> Any:
         """Identity, so that a model that is an ``nn.Sequential`` still runs its layers unchanged."""
@@ -257,6 +246,9 @@ class HookRuntime(nn.Module):
         if self.op_points:
             fw.scopes = module_scopes(root, skip=self)
             fw.stack = [root]
+            if fw.grad:
+                fw.record = ForwardLog()
+                fw.log = fw.record.ops
         if fw.by_param or self.op_points:
             fw.mode = _HookMode(self)
             fw.mode.__enter__()
@@ -270,6 +262,13 @@ class HookRuntime(nn.Module):
             else:
                 fw.by_param[id(owner._parameters[pname])] = entries
 
+    def returned(self, root: nn.Module, args: Any, output: Any) -> None:
+        """Forward post-hook of the model, registered just before :meth:`exit`: PyTorch runs it only
+        when the forward returned, so :meth:`exit` knows whether the forward failed."""
+        fw = self._fw
+        if fw.depth == 1:  # the outermost call of the model, not a nested one
+            fw.returned = True
+
     def exit(self, root: nn.Module, args: Any, output: Any) -> None:
         """Forward post-hook of the model (runs even if the forward raised)."""
         fw = self._fw
@@ -279,9 +278,10 @@ class HookRuntime(nn.Module):
         self._end(fw)
         if fw.grad:
             self._last = fw
-        if (self.captured_counts is not None and self.op_points and fw.counters != self.captured_counts
-                and sys.exc_info()[1] is None):  # after a failed forward the counts are partial
-            self._check_counts(fw)
+        expected = self.expected
+        # After a failed forward the counts are partial: nothing to compare.
+        if expected is not None and fw.returned and self.op_points and fw.counters != expected.counts:
+            expected.check_counts(fw.counters, self._point_families(fw))
 
     def _end(self, fw: _ForwardState) -> None:
         """Put the parameters back and leave the hook mode."""
@@ -337,17 +337,18 @@ class HookRuntime(nn.Module):
             self._end(fw)
 
     def push_scope(self, module: nn.Module, args: Any) -> None:
-        """Forward pre-hook of every module when operation points exist."""
+        """Forward pre-hook of sub-modules: scope of their ops (with operation points), start of a
+        recomputation (activation checkpointing)."""
         fw = self._fw
         if fw.depth == 0 and fw.recompute is None:
             fw = self._begin_recompute(module, args)
         if fw.mode is not None and module in fw.scopes:
-            if fw.grad and fw.recompute is None:  # (no tensor method here: the mode would count it)
-                fw.entries.setdefault(module, []).append((id(args[0]) if args else 0, len(fw.log)))
+            if fw.record is not None:  # (no tensor method here: the mode would count it)
+                fw.record.enter_call(module, args)
             fw.stack.append(module)
 
     def pop_scope(self, module: nn.Module, args: Any, output: Any) -> None:
-        """Forward post-hook of every module when operation points exist."""
+        """Forward post-hook of sub-modules (runs even if the forward raised)."""
         fw = self._fw
         if fw.mode is not None and fw.stack and fw.stack[-1] is module:
             fw.stack.pop()
@@ -359,107 +360,39 @@ class HookRuntime(nn.Module):
         scope = fw.scopes[fw.stack[-1]][0]
         op = op_base_name(func)
         key = (scope, op)
-        index = fw.counters.get(key, 0)
-        fw.counters[key] = index + 1
-        if fw.grad:
-            fw.log.append(key)
+        counters = fw.counters
+        index = counters[key]  # a defaultdict, or recompute's CountersAt
+        counters[key] = index + 1
+        log = fw.log
+        if log is not None:
+            log.append(key)
         return f"{scope}/{op}_{index}"
-
-    # -- activation checkpointing ----------------------------------------------------------------
 
     def _begin_recompute(self, module: nn.Module, args: Any) -> _ForwardState:
         """A hook of ``module`` fired outside the model's forward. In backward, that is activation
-        checkpointing re-running the module: give it the state it had in the last forward with
-        gradients. Elsewhere it is a direct call of a sub-module, which runs without hooks."""
+        checkpointing re-running the module (see :mod:`nncompress.torch.recompute`): give it the
+        state it had in the last forward with gradients. Elsewhere it is a direct call of a
+        sub-module, which runs without hooks."""
         last = self._last
-        if last is None or torch._C._current_graph_task_id() == -1:
+        if last is None or not in_backward():
             return self._fw
         fw = _ForwardState()
         fw.recompute, fw.by_param, fw.by_owner = module, last.by_param, last.by_owner
         if self.op_points:
-            call = self._recomputed_call(last, module, args)
+            scope = last.scopes.get(module, (type(module).__name__, ""))[0]
+            fw.counters = (last.record or ForwardLog()).counters_for(module, args, scope)
             fw.scopes, fw.stack = last.scopes, []
-            fw.counters = dict(Counter(last.log[: last.entries[module][call][1]]))
         if fw.by_param or self.op_points:
             fw.mode = _HookMode(self)
             fw.mode.__enter__()
         self._fw = fw
         return fw
 
-    def _recomputed_call(self, last: _ForwardState, module: nn.Module, args: Any) -> int:
-        """Which call of ``module`` in the last forward backward re-runs: the one with the same first
-        argument (non-reentrant checkpointing passes the same tensor), else the latest one not yet
-        re-run (reentrant checkpointing passes a detached copy; backward runs in reverse order)."""
-        calls = last.entries.get(module)
-        if not calls:
-            scope = last.scopes.get(module, (type(module).__name__, ""))[0]
-            raise GraphMismatchError(
-                f"backward re-runs module {scope} (activation checkpointing), but the last forward with "
-                "gradients did not call it; run backward after the forward whose graph it differentiates"
-            )
-        first = id(args[0]) if args else 0
-        free = [i for i in range(len(calls)) if (module, i) not in last.used]
-        matching = [i for i in free if calls[i][0] == first]
-        call = (matching or free or [len(calls) - 1])[-1]
-        last.used.add((module, call))
-        return call
-
-    # -- the captured op sequence ------------------------------------------------------------------
-
     def _point_families(self, fw: _ForwardState) -> dict[Family, list[str]]:
         """The op names holding inserted modules, by (scope, op); built once per forward that needs it."""
         if fw.families is None:
-            fw.families = {}
-            for name in (*self.post_points, *self.pre_points):
-                scope, _, op = name.rpartition("_")[0].rpartition("/")
-                fw.families.setdefault((scope, op), []).append(name)
+            fw.families = point_families((*self.post_points, *self.pre_points))
         return fw.families
-
-    def _run_unseen(self, name: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run an op capture did not see: refuse if its family holds a point, else run it as is."""
-        base = name.rpartition("_")[0]
-        scope, _, op = base.rpartition("/")
-        points = self._point_families(self._fw).get((scope, op))
-        frame = caller_frame(1)
-        # The index is past the ops capture counted. If an extra call ran before some of them, the
-        # op getting this index is one capture saw (same line of code) pushed back: the points of
-        # the family may have acted on other ops. A new line (a loss computed after the outputs)
-        # shifted nothing.
-        if points and site_of(frame) in self.captured_sites.get((scope, op), ()):
-            captured = self.captured_counts.get((scope, op), 0) if self.captured_counts else 0
-            raise GraphMismatchError(
-                f"this forward ran op {name} ({frame.f_code.co_filename}:{frame.f_lineno}), but capture counted "
-                f"{captured} '{op}' call(s) in {scope}: an op capture did not see ran before it, shifting the "
-                f"indices that name inserted modules ({sorted(points)[:3]}), so they could act on other ops. "
-                "Capture runs the forward once in eval mode on the example input: give an example_input (or "
-                "input_info) that takes this branch, or move the data-dependent op into its own sub-module"
-            )
-        # Only a layer matters to the user (it runs with its float weight); ops of hooks (statistics
-        # collectors) and of checkpointing's bookkeeping are unseen too, and would only add noise.
-        if not self.warned_unseen and any(isinstance(a, nn.Parameter) for a in (*args, *kwargs.values())):
-            self.warned_unseen = True
-            warnings.warn(
-                f"op {name} did not run when the model was captured (in eval mode, on the example input), so "
-                "nothing is inserted there and it runs uncompressed (a training-only branch, or a branch the "
-                "example input did not take). No inserted module is affected. This warning is shown once per model",
-                UserWarning, stacklevel=3,
-            )
-        return func(*args, **kwargs)
-
-    def _check_counts(self, fw: _ForwardState) -> None:
-        """After a forward: refuse if a family holding a point ran fewer ops than capture saw."""
-        captured = self.captured_counts or {}
-        for family, points in self._point_families(fw).items():
-            ran, expected = fw.counters.get(family, 0), captured.get(family, 0)
-            if ran < expected:
-                scope, op = family
-                raise GraphMismatchError(
-                    f"this forward ran {ran} '{op}' call(s) in {scope}, capture counted {expected}: a branch "
-                    f"taken at capture was skipped, so inserted modules at {sorted(points)[:3]} acted on other "
-                    "ops or did not run. Capture runs the forward once in eval mode on the example input: give "
-                    "an example_input (or input_info) that takes the branch this forward takes, or move the "
-                    "data-dependent op into its own sub-module"
-                )
 
     def _chain(self, entries: list[Entry]) -> Callable[[torch.Tensor], torch.Tensor]:
         modules = [self.module_at(e) for e in entries]
@@ -505,19 +438,20 @@ class HookRuntime(nn.Module):
         return cached
 
 
-_CAPTURED: weakref.WeakKeyDictionary[nn.Module, CapturedGraph] = weakref.WeakKeyDictionary()
+def expect_captured_ops(model: nn.Module, graph: CapturedGraph) -> HookRuntime:
+    """Give the model's runtime the capture whose op names layouts use; every later forward of
+    the model is checked against it.
 
-
-def expect_captured_ops(model: nn.Module, graph: CapturedGraph) -> None:
-    """Remember the capture of ``model`` whose op names layouts use; its forwards are checked against it.
+    The runtime is installed now if the model has none, so the capture reaches it directly;
+    :func:`apply_layout` removes it again if the layouts insert nothing.
 
     :param model: the captured model.
     :param graph: its capture.
+    :return: the model's runtime.
     """
-    _CAPTURED[model] = graph
-    rt = get_runtime(model)
-    if rt is not None:
-        rt.expect_ops(graph)
+    rt = get_runtime(model) or _install(model)
+    rt.expect_ops(graph)
+    return rt
 
 
 def get_runtime(model: nn.Module) -> HookRuntime | None:
@@ -535,6 +469,7 @@ def _install(model: nn.Module) -> HookRuntime:
     rt = HookRuntime()
     model.add_module(RUNTIME_ATTR, rt)
     model.register_forward_pre_hook(rt.enter)
+    model.register_forward_hook(rt.returned)  # runs before exit, and only if the forward returned
     model.register_forward_hook(rt.exit, always_call=True)
     return rt
 
@@ -543,11 +478,13 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
     """Insert every module of the layout into the model, in priority order.
 
     All points are checked before anything changes: a weight point must name an existing
-    parameter. If anything fails, the model is left as it was.
+    parameter. If anything fails, the model is left as it was. Forwards are checked against the
+    capture given to :func:`expect_captured_ops`, if any.
 
     :param model: the model.
     :param layout: the commands.
-    :return: the model's runtime (``None`` for an empty layout on a model without one).
+    :return: the model's runtime (``None`` if it holds nothing: an empty layout on a model
+        without inserted modules).
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     for c in layout.commands:
@@ -560,31 +497,48 @@ def apply_layout(model: nn.Module, layout: TransformationLayout) -> HookRuntime 
     if existing is None and not layout.commands:
         return None
     rt = existing or _install(model)
+    fresh = rt.empty  # new, or installed with the capture: removed on failure
     hooked_owners = {n.rpartition(".")[0] for n in rt.owner_local}
     try:
         for c in sorted(layout.commands, key=lambda c: int(c.priority)):
             rt.insert(c)
     except Exception:
-        if existing is None:
+        if fresh:
             remove_runtime(model)
         raise
+    if rt.empty:
+        remove_runtime(model)
+        return None
     owners = {n.rpartition(".")[0] for n in rt.owner_local}
     for owner_name in sorted(owners - hooked_owners):
         owner = model.get_submodule(owner_name)
         owner.register_forward_pre_hook(rt.swap_in)
         owner.register_forward_hook(rt.swap_out, always_call=True)
-    graph = _CAPTURED.get(model)
-    if graph is not None and rt.captured_counts is None:
-        rt.expect_ops(graph)
-    # Scope hooks name ops; with weights read outside their owner they also start the hook mode
-    # when checkpointing re-runs a sub-module in backward.
-    if not rt.scope_hooks and (rt.op_points or set(rt.weight_points) - rt.owner_local):
-        rt.scope_hooks = True
-        for module in module_scopes(model, skip=rt):
-            if module is not model:
-                module.register_forward_pre_hook(rt.push_scope)
-                module.register_forward_hook(rt.pop_scope, always_call=True)
+    _add_scope_hooks(model, rt)
     return rt
+
+
+def _add_scope_hooks(model: nn.Module, rt: HookRuntime) -> None:
+    """Register push_scope / pop_scope on the sub-modules that need them and lack them.
+
+    With operation points, every sub-module: they give ops their scope. Otherwise they only start
+    the hook mode when checkpointing re-runs a module in backward, which matters where an op reads
+    a weight outside its owner's hooks (tied weights, embeddings): on the modules whose ops read
+    such weights at capture, or every sub-module without a capture to tell.
+    """
+    shared = set(rt.weight_points) - rt.owner_local
+    readers = rt.weight_readers
+    wanted: set[str] | None = None  # None: all
+    if not rt.op_points and readers is not None and shared <= readers.keys():
+        wanted = {m for name in shared for m in readers[name]}
+    elif not (rt.op_points or shared):
+        wanted = set()
+    for module, (_, qualified) in module_scopes(model, skip=rt).items():
+        if module is model or qualified in rt.scope_hooked or (wanted is not None and qualified not in wanted):
+            continue
+        rt.scope_hooked.add(qualified)
+        module.register_forward_pre_hook(rt.push_scope)
+        module.register_forward_hook(rt.pop_scope, always_call=True)
 
 
 def remove_runtime(model: nn.Module) -> None:
@@ -653,7 +607,7 @@ def strip_runtime(model: nn.Module, strip_format: StripFormat, groups: set[str] 
     rt.pre_points = {k: v for k, v in rt.pre_points.items() if v}
     for group in [g for g, m in rt._modules.items() if isinstance(m, nn.ModuleDict) and not len(m)]:
         del rt._modules[group]
-    if not (rt.weight_points or rt.op_points):
+    if rt.empty:
         remove_runtime(model)
     return model
 
