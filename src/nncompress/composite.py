@@ -30,7 +30,7 @@ from nncompress.api.compression import (
 from nncompress.api.statistics import CompressionStatistics
 from nncompress.errors import CompressionStateError, InvalidArgumentError
 from nncompress.graph.layout import TransformationLayout
-from nncompress.torch.runtime import apply_layout
+from nncompress.torch.insertion import apply_layout
 
 
 def _child_states(state: Any, count: int, what: str) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from torch import nn
 
 from nncompress.api.compression import CompressionAlgorithmController, StripFormat
 from nncompress.errors import InvalidArgumentError
-from nncompress.torch.runtime import get_runtime, strip_runtime
+from nncompress.torch.insertion import strip_runtime
+from nncompress.torch.runtime import get_runtime
 
 _ATTR = "_controller_ref"
 

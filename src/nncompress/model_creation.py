@@ -25,7 +25,8 @@ from nncompress.errors import (
 from nncompress.handles import register_controller
 from nncompress.torch.calibration import refuse_inference_mode
 from nncompress.torch.inputs import inputs_from_infos, split_batch
-from nncompress.torch.runtime import get_runtime, remove_runtime
+from nncompress.torch.insertion import remove_runtime
+from nncompress.torch.runtime import get_runtime
 
 _INIT_DATA_ATTR = "_nncompress_init_data"
 

@@ -139,7 +139,7 @@ def test_models_without_operation_points_are_not_checked() -> None:
 
 def test_layout_applied_by_hand_is_not_checked() -> None:
     from nncompress.graph.layout import InsertionCommand, TargetPoint, TargetType, TransformationLayout
-    from nncompress.torch.runtime import apply_layout
+    from nncompress.torch.insertion import apply_layout
 
     model = Branchy()
     layout = TransformationLayout()

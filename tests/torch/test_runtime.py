@@ -13,7 +13,8 @@ from nncompress.api.compression import StripFormat
 from nncompress.errors import InvalidArgumentError
 from nncompress.graph.capture import capture
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
-from nncompress.torch.runtime import RUNTIME_ATTR, apply_layout, get_runtime, strip_runtime
+from nncompress.torch.insertion import apply_layout, strip_runtime
+from nncompress.torch.runtime import RUNTIME_ATTR, get_runtime
 from tests.model_zoo import FunctionalNet, ResidualCNN
 
 

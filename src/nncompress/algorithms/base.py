@@ -27,7 +27,7 @@ from nncompress.graph.layout import Priority, TransformationLayout
 from nncompress.torch.bn_adaptation import DEFAULT_BN_ADAPTATION_SAMPLES, adapt_batchnorm
 from nncompress.torch.export import export_onnx, opset_from_format
 from nncompress.torch.inputs import parse_model_args
-from nncompress.torch.runtime import apply_layout, strip_runtime
+from nncompress.torch.insertion import apply_layout, strip_runtime
 
 from .context import CompressionContext
 from .selection import CaptureReport

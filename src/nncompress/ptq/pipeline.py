@@ -50,7 +50,8 @@ from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, Tar
 from nncompress.handles import register_controller
 from nncompress.torch.calibration import batch_size, call_model, refuse_inference_mode
 from nncompress.torch.inputs import ModelInputs, dtype_mismatch, split_batch
-from nncompress.torch.runtime import apply_layout, get_runtime, remove_runtime
+from nncompress.torch.insertion import apply_layout, remove_runtime
+from nncompress.torch.runtime import get_runtime
 
 from .bias_correction import BiasTarget, apply_shift, bias_targets, layer_weight
 from .dataset import Dataset
