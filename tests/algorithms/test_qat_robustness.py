@@ -18,10 +18,10 @@ from nncompress.algorithms.quantization.quantizers import (
     MIN_STEP_FRACTION,
     FakeQuantizer,
 )
+from nncompress.demo.cnns import MobileNetV2, MobileNetV3Small, ResNet50
 from nncompress.demo.digits import digits_tensors
 from nncompress.errors import ConfigError, InitDataError, NonFiniteError
 from nncompress.functional.quantize import fake_quantize_learnable
-from tests.mobile_zoo import MobileNetV2, MobileNetV3Small, ResNet50
 from tests.model_zoo import ResidualCNN
 
 

@@ -1,7 +1,12 @@
 """MobileNet- and ResNet-style CNNs written out here (torchvision does not install beside the CPU
-torch wheel): the architectures QAT must train without diverging.
+torch wheel): the architectures quantization-aware training must train without diverging, used by
+the tests and ``benchmarks/qat_stability.py``.
 
-All take ``(N, C, 32, 32)`` inputs; widths are parameters so tests can run small copies.
+All take ``(N, C, 32, 32)`` inputs (any size works; 16 too); widths are parameters so tests can
+run small copies. Example::
+
+    from nncompress.demo.cnns import MobileNetV2
+    model = MobileNetV2(in_channels=3, num_classes=10, width=0.5)
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from torch import nn
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU6
              ) -> nn.Sequential:
+    """Conv (no bias), BatchNorm, then the activation if any."""
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act is not None:
         layers.append(act())
@@ -124,6 +130,8 @@ class ResNet50(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: channel weights from global pooling, two 1x1 convs and a hardsigmoid."""
+
     def __init__(self, channels: int, squeeze: int) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
@@ -135,6 +143,8 @@ class SqueezeExcite(nn.Module):
 
 
 class V3Block(nn.Module):
+    """MobileNetV3's block: optional 1x1 expansion, depthwise conv, optional squeeze-excite, 1x1 projection."""
+
     def __init__(self, cin: int, hidden: int, cout: int, k: int, se: bool, act: type[nn.Module], stride: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
