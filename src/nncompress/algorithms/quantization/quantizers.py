@@ -154,7 +154,7 @@ class FakeQuantizer(nn.Module):
         return True
 
     def set_lr_multiplier(self, multiplier: float) -> None:
-        """NNCF 2.x's ``compression_lr_multiplier``: the step's (and zero point's) gradient is
+        """NNCF 2.x's ``compression_lr_multiplier``: the range's (and zero point's) gradient is
         multiplied by it (it is the kernel's ``grad_factor``, so it costs nothing); 0 freezes them."""
         frozen = multiplier == 0.0
         self.lr_multiplier = 1.0 if frozen else float(multiplier)  # the kernel's factor must be > 0
@@ -250,7 +250,7 @@ class FakeQuantizer(nn.Module):
     def raise_non_finite(self) -> None:
         """:raises NonFiniteError: naming this quantizer and what to change."""
         raise NonFiniteError(
-            f"the {self.group} quantizer at {self.name} has a non-finite step ({self.scale.detach().flatten()[:4]}"
+            f"the {self.group} quantizer at {self.name} has a non-finite range ({self.scale.detach().flatten()[:4]}"
             f"...): training diverged. Lower the learning rate, or the quantizers' with "
             f'"compression_lr_multiplier" (e.g. 0.1) in the quantization section'
         )
