@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from nncompress.errors import InitDataError
 from nncompress.graph.scopes import module_scopes
+from nncompress.torch.bn_modes import snapshot_statistics
 from nncompress.torch.calibration import forward_batches
 
 DEFAULT_BN_ADAPTATION_SAMPLES = 2000
@@ -49,8 +50,8 @@ def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_sampl
             "batchnorm_adaptation needs data: pass init_data to create_compressed_model "
             "(or register_default_init_args), or remove initializer.batchnorm_adaptation"
         )
-    saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())  # type: ignore[union-attr]
-             for m in bns}
+    restore = snapshot_statistics(bns)
+    momenta = [m.momentum for m in bns]
     modes = {m: m.training for m in model.modules()}
     guard = _FiniteStatisticsGuard(model, bns)
     try:
@@ -61,19 +62,14 @@ def adapt_batchnorm(model: nn.Module, init_data: Iterable[Any] | None, num_sampl
             m.train()
         seen = forward_batches(model, init_data, num_samples, "BatchNorm adaptation", progress)
     except BaseException:
-        for m in bns:
-            momentum, mean, var, count = saved[id(m)]
-            m.running_mean.copy_(mean)  # type: ignore[union-attr]
-            m.running_var.copy_(var)  # type: ignore[union-attr]
-            m.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
-            m.momentum = momentum
+        restore()
         raise
     finally:
         guard.remove()
         for module, training in modes.items():
             module.training = training
-    for m in bns:
-        m.momentum = saved[id(m)][0]
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
     _average_across_ranks(bns)
     return seen
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,8 +30,7 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     """
     modes = {m: m.training for m in model.modules()}
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    saved = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
-    copies = [tuple(t.detach().clone() if t is not None else None for t in group) for group in saved]
+    restore = snapshot_statistics(bns)
     model.eval()
     hooks = []
     for m in bns:
@@ -42,11 +41,7 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for h in hooks:
             h.remove()
-        with torch.no_grad():
-            for group, copy in zip(saved, copies):
-                for t, c in zip(group, copy):
-                    if t is not None and c is not None:
-                        t.copy_(c)
+        restore()
         for module, training in modes.items():
             module.training = training
 
@@ -56,3 +51,23 @@ def _running_statistics_for_one_value(module: nn.Module, args: tuple[Any, ...]) 
     x = args[0] if args else None
     if isinstance(x, torch.Tensor) and x.dim() >= 2:
         module.training = x.numel() // max(int(x.shape[1]), 1) > 1
+
+
+def snapshot_statistics(bns: list[_BatchNorm]) -> Callable[[], None]:
+    """Copy the running statistics and momentum of BatchNorm layers.
+
+    :param bns: the layers.
+    :return: a function that puts the copies back.
+    """
+    saved = [(m, m.momentum, [(t, t.detach().clone()) for t in (m.running_mean, m.running_var,
+                                                               m.num_batches_tracked) if t is not None])
+             for m in bns]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for m, momentum, tensors in saved:
+                m.momentum = momentum
+                for t, copy in tensors:
+                    t.copy_(copy)
+
+    return restore

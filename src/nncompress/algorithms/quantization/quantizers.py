@@ -240,12 +240,16 @@ class FakeQuantizer(nn.Module):
         self._divisor = self.range_divisor(*self._levels, self.symmetric)
         self._min_step = max(float(self.min_scale) / self._divisor, _MIN_SCALE)
 
-    def finite(self) -> bool:
-        """Whether the range (and a learned zero point) are finite: one small device sync."""
+    def parameter_sum(self) -> torch.Tensor:
+        """The sum of the range and a learned zero point: non-finite iff one of them is."""
         total = self.scale.detach().sum()
         if self.zero_point.is_floating_point():
             total = total + self.zero_point.detach().sum()
-        return math.isfinite(float(total))
+        return total
+
+    def finite(self) -> bool:
+        """Whether the range (and a learned zero point) are finite: one small device sync."""
+        return math.isfinite(float(self.parameter_sum()))
 
     def raise_non_finite(self) -> None:
         """:raises NonFiniteError: naming this quantizer and what to change."""

@@ -96,7 +96,7 @@ class QuantizationScheduler(BaseCompressionScheduler):
         if not self.quantizers:
             return
         with torch.no_grad():
-            total = torch.stack([q.scale.sum() for q in self.quantizers]).sum()
+            total = torch.stack([q.parameter_sum() for q in self.quantizers]).sum()
             if math.isfinite(float(total)):
                 return
         for q in self.quantizers:
