@@ -51,54 +51,13 @@ from torch import nn
 
 import nncompress as nnc
 from nncompress.api.statistics import format_table
+from nncompress.demo.cnns import CifarResNet
 from nncompress.demo.digits import digits_loaders, evaluate, predict, train_dense, train_epoch
 from nncompress.torch.export import export_onnx
 
 THREADS = 2
 COUNTED_OPS = ("QLinearConv", "QLinearAdd", "QuantizeLinear", "DequantizeLinear", "Conv", "FusedConv",
                "QLinearGlobalAveragePool", "QLinearMatMul", "MatMulInteger", "Gemm", "Add")
-
-
-
-# -- the ResNet ----------------------------------------------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    """``ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))``; the shortcut is conv1x1 + BN when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class CifarResNet(nn.Module):
-    """CIFAR-style ResNet: stem conv 3x3 (3 -> 32), two BasicBlocks per stage at 32, 64, 128 channels
-    (32x32, 16x16, 8x8), global average pooling, a linear classifier. 15 convs, about 0.7M parameters."""
-
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 2) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        layers: list[nn.Module] = []
-        cin = widths[0]
-        for i, w in enumerate(widths):
-            for b in range(blocks):
-                layers.append(BasicBlock(cin, w, 2 if i > 0 and b == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
 
 
 # -- helpers -------------------------------------------------------------------------------------
