@@ -19,7 +19,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ from nncompress.api.compression import CompressionAlgorithmController
 
 SPLIT_SEED = 0
 """Seed of the stratified train/test split: the split never changes."""
+
+M = TypeVar("M", bound=nn.Module)
 
 TEST_FRACTION = 0.2
 """Share of the images kept for testing (360 of 1,797)."""
@@ -187,22 +190,39 @@ def evaluate(model: nn.Module, loader: DataLoader[Any]) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
 
+@overload
+def train_dense(
+    epochs: int = ..., seed: int = ..., loaders: tuple[DataLoader[Any], DataLoader[Any]] | None = ...,
+    lr: float = ..., progress: bool = ...,
+) -> DigitsCNN: ...
+
+
+@overload
+def train_dense(
+    epochs: int = ..., seed: int = ..., loaders: tuple[DataLoader[Any], DataLoader[Any]] | None = ...,
+    lr: float = ..., progress: bool = ..., *, factory: Callable[[], M],
+) -> M: ...
+
+
 def train_dense(
     epochs: int = DENSE_EPOCHS, seed: int = 0, loaders: tuple[DataLoader[Any], DataLoader[Any]] | None = None,
-    lr: float = 1e-2, progress: bool = False,
-) -> DigitsCNN:
-    """Train a :class:`DigitsCNN` from a seeded initialisation (Adam, cosine learning rate).
+    lr: float = 1e-2, progress: bool = False, factory: Callable[[], nn.Module] = DigitsCNN,
+) -> nn.Module:
+    """Train a :class:`DigitsCNN` (or the model ``factory`` makes) from a seeded initialisation (Adam,
+    cosine learning rate).
 
     :param epochs: training epochs.
     :param seed: seed of the initialisation and of the data order.
     :param loaders: ``(train, test)`` loaders; default :func:`digits_loaders` with ``seed``.
     :param lr: peak learning rate.
     :param progress: show a tqdm bar over the epochs, with the last epoch's loss.
+    :param factory: makes the untrained model (called after seeding), e.g.
+        ``lambda: CifarResNet(in_channels=1, widths=(16, 32, 64))``.
     :return: the trained model, in train mode.
     """
     torch.manual_seed(seed)
     train, _ = loaders if loaders is not None else digits_loaders(seed=seed)
-    model = DigitsCNN()
+    model = factory()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     bar = tqdm(range(epochs), desc="dense", disable=not progress)
