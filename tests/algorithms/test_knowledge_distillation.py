@@ -170,9 +170,10 @@ def test_composite_with_sparsity_and_quantization_sums_losses_and_teacher_is_unc
     data = [(torch.randn(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
     cfg = config({"algorithm": "magnitude_sparsity", "sparsity_init": 0.5},
                  {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16},
-                                                               "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}})
+                                                               "batchnorm_adaptation": {"num_bn_adaptation_samples": 16}}})
     ctrl, model = nnc.create_compressed_model(model, cfg, init_data=data)
     kd = kd_of(ctrl)
+    assert float(ctrl.loss()) == 0.0  # BatchNorm adaptation's training-mode forwards run without gradients
     assert not any("nncompress" in k for k in kd.teacher.state_dict())
     model.train()
     out = model(X)
@@ -308,3 +309,24 @@ def test_teacher_follows_the_student_dtype() -> None:
     stats = ctrl.statistics()
     assert stats.to_dict() == {"knowledge_distillation/loss": pytest.approx(float(ref.detach()), rel=1e-9)}
     assert "mse" in stats.to_str()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_follows_the_student_to_cuda() -> None:
+    ctrl, model, original = make(type="mse")
+    model.cuda().train()
+    out = model(X.cuda())
+    teacher = kd_of(ctrl).teacher
+    assert all(t.is_cuda for t in [*teacher.parameters(), *teacher.buffers()])
+    ref = F.mse_loss(out.cpu(), teacher_reference(original, X))
+    assert float(ctrl.loss().detach().cpu()) == pytest.approx(float(ref.detach()), rel=1e-4)
+
+
+def test_data_parallel_replicas_raise_instead_of_training_without_the_teacher() -> None:
+    _, model, _ = make()
+    replica = model._replicate_for_data_parallel()  # what nn.DataParallel runs on each device
+    replica.train()
+    with pytest.raises(DistillationError, match="DataParallel"):
+        replica(X)
+    replica.eval()
+    replica(X)  # evaluation under DataParallel is fine

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
+from nncompress.errors import DistillationError
 from nncompress.torch.insertion import remove_runtime
 
 from .outputs import flatten_outputs
@@ -68,7 +69,8 @@ class TeacherRunner:
     calls ``clear`` instead and skips the teacher; an eval-mode forward does nothing.
 
     Copies of the student (``copy.deepcopy``, as ``strip(do_copy=True)`` makes) share this runner,
-    which ignores them; a pickled student gets a runner that does nothing.
+    which ignores them; a pickled student gets a runner that does nothing. A training forward of an
+    ``nn.DataParallel`` replica raises :class:`DistillationError` (DistributedDataParallel works).
 
     :param student: the compressed model.
     :param teacher: the frozen teacher (:func:`make_teacher`).
@@ -105,6 +107,11 @@ class TeacherRunner:
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """Run the teacher after a training forward of the student (see the class docstring)."""
         record, clear = self._record, self._clear
+        if module.training and getattr(module, "_is_replica", False) and self.teacher is not None:
+            raise DistillationError(
+                "knowledge_distillation does not support torch.nn.DataParallel (its replicas would train without "
+                "the teacher); use DistributedDataParallel, or one device"
+            )
         if not module.training or module is not self.student or self.teacher is None or record is None:
             return
         leaves = [(p, t) for p, t in flatten_outputs(output) if t.requires_grad]
