@@ -20,11 +20,13 @@ from torch import nn
 
 from nncompress.api.compression import CompressionStage, StripFormat
 from nncompress.api.statistics import CompressionStatistics, format_table
+from nncompress.config import AlgorithmSection
 from nncompress.errors import ConfigError, InvalidArgumentError
 from nncompress.graph.layout import Priority, TransformationLayout
 from nncompress.torch.insertion import strip_runtime
 
 from ..base import BaseBuilder, BaseController
+from ..context import CompressionContext
 from .loss import DEFAULT_SCALE, DEFAULT_TEMPERATURE, DistillationParams, KnowledgeDistillationLoss
 from .teacher import TeacherRunner, attach, make_teacher, remove_teacher_hooks
 
@@ -90,7 +92,7 @@ class KnowledgeDistillationBuilder(BaseBuilder):
     algorithm = "knowledge_distillation"
     priority = Priority.QUANTIZATION  # unused: the layout is empty
 
-    def __init__(self, section: Any, context: Any) -> None:
+    def __init__(self, section: AlgorithmSection, context: CompressionContext) -> None:
         super().__init__(section, context)
         self.params = distillation_params(section.section, section.json_path)
         self._teacher: nn.Module | None = None
