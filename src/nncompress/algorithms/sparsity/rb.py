@@ -1,0 +1,318 @@
+"""Regularization-based (RB) sparsity: masks learned with a loss that pulls their density to a level.
+
+Config (NNCF 2.x ``"algorithm": "rb_sparsity"``)::
+
+    {"algorithm": "rb_sparsity",
+     "sparsity_init": 0.02,
+     "params": {"schedule": "multistep", "multistep_steps": [2, 4], "multistep_sparsity_levels": [0.1, 0.3, 0.5],
+                "sparsity_freeze_epoch": 8},
+     "compression_lr_multiplier": 1.0}
+
+As NNCF 2.x: every sparsified weight gets mask logits initialised to ``logit(0.99)``, trained by
+the task loss through a noisy straight-through mask (:class:`~.rb_loss.RBMask`) and by
+:class:`~.rb_loss.RBSparsityLoss`, ``((density - (1 - level)) / 0.05) ** 2``, whose level the
+schedule (default ``exponential``) sets. From ``sparsity_freeze_epoch`` on the loss is 0 and the
+masks draw no noise. The logits are model parameters: an optimizer made from
+``model.parameters()`` after ``create_compressed_model`` trains them
+(``nncompress.add_compression_parameters`` adds them to one made before).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nncompress.api.compression import CompressionStage
+from nncompress.api.statistics import CompressionStatistics, format_table
+from nncompress.config import AlgorithmSection
+from nncompress.errors import ConfigError, InvalidArgumentError
+from nncompress.functional import schedules as fs
+from nncompress.graph.capture import CapturedGraph, OpNode
+from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
+
+from ..base import BaseBuilder
+from ..selection import select_weighted_ops
+from ..state_fields import state_bool, state_level
+from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, SparsityStatistics
+from .rb_loss import RBMask, RBSparsityLoss
+from .schedulers import (
+    AdaptiveSparsityScheduler,
+    ExponentialSparsityScheduler,
+    MultiStepSparsityScheduler,
+    PolynomialSparsityScheduler,
+    SparsityLevelTarget,
+    SparsityScheduler,
+)
+
+
+@dataclass(frozen=True)
+class RBSparsityParams:
+    """The typed keys of an ``rb_sparsity`` section, with NNCF 2.x defaults."""
+
+    sparsity_init: float = fs.DEFAULT_SPARSITY_INIT
+    schedule: str = fs.DEFAULT_RB_SCHEDULE
+    sparsity_target: float = fs.DEFAULT_SPARSITY_TARGET
+    sparsity_target_epoch: float = fs.DEFAULT_SPARSITY_TARGET_EPOCH
+    sparsity_freeze_epoch: int = fs.DEFAULT_SPARSITY_FREEZE_EPOCH
+    power: float = fs.DEFAULT_POWER
+    concave: bool = fs.DEFAULT_CONCAVE
+    update_per_optimizer_step: bool = fs.DEFAULT_UPDATE_PER_OPTIMIZER_STEP
+    steps_per_epoch: int | None = None
+    patience: int = fs.DEFAULT_PATIENCE
+    multistep_steps: list[int] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_STEPS))
+    multistep_sparsity_levels: list[float] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_LEVELS))
+    sparsity_level_setting_mode: str = "global"
+    lr_multiplier: float = 1.0
+
+    @classmethod
+    def from_section(cls, section: AlgorithmSection) -> RBSparsityParams:
+        """Read the section (already schema-validated); check what the schema cannot.
+
+        :raises ConfigError: naming the JSON path, e.g. for levels outside ``[0, 1)`` or the
+            ``local`` mode.
+        """
+        path = section.json_path
+        values = {k: v for k, v in section.params.items() if k in cls.__dataclass_fields__}
+        if "sparsity_init" in section.section:
+            values["sparsity_init"] = section.section["sparsity_init"]
+        values["lr_multiplier"] = _lr_multiplier(section)
+        p = cls(**values)
+        if p.sparsity_level_setting_mode == "local":
+            raise ConfigError(
+                f"{path}.params.sparsity_level_setting_mode",
+                "'local' is not supported for rb_sparsity: NNCF 2.x's per-layer RB loss failed on its first "
+                "call (it reads a 'sparsify' flag its RB masks do not have); allowed: 'global'",
+                "local",
+            )
+        multistep = p.schedule == "multistep"
+        if multistep and len(p.multistep_sparsity_levels) != len(p.multistep_steps) + 1:
+            raise ConfigError(f"{path}.params.multistep_sparsity_levels",
+                              f"needs one more level than multistep_steps has steps ({len(p.multistep_steps)}), "
+                              f"got {len(p.multistep_sparsity_levels)}", p.multistep_sparsity_levels)
+        if multistep and p.multistep_steps != sorted(set(p.multistep_steps)):
+            raise ConfigError(f"{path}.params.multistep_steps", "must be strictly increasing", p.multistep_steps)
+        if not multistep and p.sparsity_init > p.sparsity_target:
+            raise ConfigError(f"{path}.sparsity_init", f"{p.sparsity_init} is above params.sparsity_target "
+                              f"{p.sparsity_target}; the schedule raises the level from sparsity_init to "
+                              "sparsity_target", p.sparsity_init)
+        levels = ([("params.multistep_sparsity_levels", v) for v in p.multistep_sparsity_levels] if multistep
+                  else [("sparsity_init", p.sparsity_init), ("params.sparsity_target", p.sparsity_target)])
+        for key, value in levels:
+            if not 0.0 <= value < 1.0:  # False for NaN
+                raise ConfigError(f"{path}.{key}", "an RB sparsity level must be in [0, 1) "
+                                  "(1.0 would ask the loss to drop every weight)", value)
+        if p.update_per_optimizer_step and p.schedule != "polynomial":
+            warnings.warn(f"{path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
+                          f"the {p.schedule} schedule updates once per epoch", stacklevel=2)
+        return p
+
+    @property
+    def initial_level(self) -> float:
+        """The level set at creation."""
+        return self.multistep_sparsity_levels[0] if self.schedule == "multistep" else self.sparsity_init
+
+    @property
+    def final_level(self) -> float:
+        """The level the schedule ends at."""
+        return self.multistep_sparsity_levels[-1] if self.schedule == "multistep" else self.sparsity_target
+
+
+def _lr_multiplier(section: AlgorithmSection) -> float:
+    value = section.section.get("compression_lr_multiplier", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < math.inf:
+        raise ConfigError(f"{section.json_path}.compression_lr_multiplier",
+                          f"{value!r} is not allowed; allowed: a finite number >= 0 (0 freezes the masks' logits "
+                          "against both losses)", value)
+    return float(value)
+
+
+def make_sparsity_scheduler(target: SparsityLevelTarget, p: RBSparsityParams) -> SparsityScheduler:
+    """The scheduler named by ``params.schedule``, driving ``target``.
+
+    :raises ConfigError: for an unknown schedule.
+    """
+    if p.schedule == "polynomial":
+        return PolynomialSparsityScheduler(
+            target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch,
+            p.power, p.concave, p.update_per_optimizer_step, p.steps_per_epoch,
+        )
+    if p.schedule == "exponential":
+        return ExponentialSparsityScheduler(target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch,
+                                            p.sparsity_target_epoch)
+    if p.schedule == "multistep":
+        return MultiStepSparsityScheduler(target, p.sparsity_freeze_epoch, p.multistep_steps,
+                                          p.multistep_sparsity_levels)
+    if p.schedule == "adaptive":
+        return AdaptiveSparsityScheduler(target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch,
+                                         p.patience, fs.DEFAULT_ADAPTIVE_STEP, fs.DEFAULT_ADAPTIVE_EPS)
+    raise ConfigError("params.schedule", f"unknown schedule {p.schedule!r}; allowed: polynomial, exponential, "
+                      "multistep, adaptive", p.schedule)
+
+
+def rb_mask_layout(
+    nodes: list[OpNode], graph: CapturedGraph, model: nn.Module, group: str, lr_multiplier: float
+) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
+    """An :class:`RBMask` on the main weight of each op, and the records the controller keeps.
+
+    A weight read only by its owning module is swapped in around that module's forward (one
+    mask per forward, embedding tables included); others go through the hook mode.
+    """
+    owner_only = graph.owner_only_weights()
+    layout = TransformationLayout()
+    records = []
+    for node in nodes:
+        w = node.weight
+        assert w is not None  # selection only returns ops with a main weight
+        mask = RBMask(model.get_parameter(w.qualified_name).detach(), lr_multiplier)
+        point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
+        local = w.qualified_name in owner_only
+        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, local))
+        records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
+    return layout, records
+
+
+class RBSparsityBuilder(BaseBuilder):
+    """Puts a learned mask on the weight of every conv / linear / matmul / embedding op in scope."""
+
+    algorithm = "rb_sparsity"
+    priority = Priority.SPARSIFICATION
+
+    def __init__(self, section: AlgorithmSection, context: Any) -> None:
+        super().__init__(section, context)
+        self.params = RBSparsityParams.from_section(section)
+        self._weights: list[SparsifiedWeight] = []
+
+    def _build_layout(self, model: nn.Module) -> TransformationLayout:
+        graph = self._context.graph_for(model)
+        nodes, self.report = select_weighted_ops(graph, self._section, SPARSIFIABLE_OPS)
+        layout, self._weights = rb_mask_layout(nodes, graph, model, self.algorithm, self.params.lr_multiplier)
+        return layout
+
+    def build_controller(self, model: nn.Module) -> RBSparsityController:
+        """:return: the controller, its loss aiming at the initial level."""
+        return RBSparsityController(model, self, self._weights, self.params)
+
+
+@dataclass
+class RBSparsityStatistics(SparsityStatistics):
+    """:class:`SparsityStatistics` plus NNCF 2.x's mean sparse probability, ``1 - mean(sigmoid(logits))``."""
+
+    mean_sparse_prob: float = 0.0
+
+    def to_str(self) -> str:
+        """Summary and per-layer tables, then the mean sparse probability."""
+        extra = format_table(("statistic", "value"), [("mean sparse probability", self.mean_sparse_prob)])
+        return "\n".join([super().to_str(), extra])
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat metrics, including ``mean_sparse_prob``."""
+        return {**super().to_dict(), "mean_sparse_prob": self.mean_sparse_prob}
+
+
+class RBSparsityController(BaseSparsityController):
+    """Sets the level the RB loss pulls the masks' density to, driven by a scheduler.
+
+    :param model: the compressed model.
+    :param builder: its builder.
+    :param weights: the sparsified weights (their masks are :class:`RBMask`).
+    :param params: the typed config.
+    """
+
+    def __init__(
+        self, model: nn.Module, builder: BaseBuilder, weights: list[SparsifiedWeight], params: RBSparsityParams
+    ) -> None:
+        super().__init__(model, builder, weights)
+        self.params = params
+        self.masks = [r.mask for r in weights if isinstance(r.mask, RBMask)]
+        self.rb_loss = RBSparsityLoss(self.masks, params.lr_multiplier)
+        self._loss = self.rb_loss
+        self.current_level = 0.0
+        self._scheduler = make_sparsity_scheduler(self, params)
+        self.set_sparsity_level(params.initial_level)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the masks are frozen (no noise, zero loss)."""
+        return self.rb_loss.disabled
+
+    def set_sparsity_level(self, level: float) -> None:
+        """Aim the loss at sparsity ``level`` (the masks follow through training).
+
+        As NNCF 2.x this also applies once frozen (the loss is 0 then, so it changes nothing).
+
+        :param level: in ``[0, 1)``.
+        :raises InvalidArgumentError: for a level outside ``[0, 1)``, NaN included.
+        """
+        self.rb_loss.set_target_level(level)
+        self.current_level = float(level)
+
+    def freeze(self, freeze: bool = True) -> None:
+        """Disable (or, with ``False``, enable) the loss and the masks' noise; the scheduler freezes
+        at ``sparsity_freeze_epoch``."""
+        self.rb_loss.disable(freeze)
+
+    def _set_compression_rate(self, level: float) -> None:
+        """As NNCF 2.x's setter: aim the loss at ``level``."""
+        self.set_sparsity_level(level)
+
+    def _zeros(self, rec: SparsifiedWeight) -> int:
+        if isinstance(rec.mask, RBMask):
+            rec.mask.refresh_()
+        return super()._zeros(rec)
+
+    def compression_stage(self) -> CompressionStage:
+        """As NNCF 2.x: UNCOMPRESSED at level 0, FULLY_COMPRESSED from the final level on,
+        PARTIALLY_COMPRESSED in between."""
+        if self.current_level == 0:
+            return CompressionStage.UNCOMPRESSED
+        if self.current_level >= self.params.final_level:
+            return CompressionStage.FULLY_COMPRESSED
+        return CompressionStage.PARTIALLY_COMPRESSED
+
+    def _target_and_current(self) -> tuple[float | None, float | None]:
+        return self.params.final_level, self.current_level
+
+    def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
+        """As magnitude sparsity's (levels of the eval-time masks), plus the mean sparse probability."""
+        base = super().statistics(quickly_collected_only)
+        stats = getattr(base, self.name)
+        assert isinstance(stats, SparsityStatistics)  # registered by the base class just now
+        rb = RBSparsityStatistics(**vars(stats), mean_sparse_prob=1.0 - self.rb_loss.mean_keep_probability())
+        result = CompressionStatistics()
+        result.register(self.name, rb)
+        return result
+
+    def distributed(self) -> None:
+        """As NNCF 2.x: broadcast rank 0's random generator state so every rank draws the same noise.
+
+        :raises InvalidArgumentError: if ``torch.distributed`` is not initialised.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidArgumentError("distributed() needs an initialised torch.distributed process group")
+        state = torch.get_rng_state()
+        dist.broadcast(state, src=0)
+        torch.set_rng_state(state)
+        if torch.cuda.is_available() and any(m.logits.is_cuda for m in self.masks):
+            cuda_state = torch.cuda.get_rng_state()
+            if dist.get_backend() == "nccl":
+                cuda_state = cuda_state.cuda()
+            dist.broadcast(cuda_state, src=0)
+            torch.cuda.set_rng_state(cuda_state.cpu())
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"current_level": self.current_level, "frozen": self.frozen}
+
+    def _check_extra_state(self, state: Mapping[str, Any], where: str) -> None:
+        state_level(state, "current_level", where)
+        state_bool(state, "frozen", where)
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.current_level = float(state["current_level"])
+        self.freeze(bool(state["frozen"]))
