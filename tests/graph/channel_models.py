@@ -1,0 +1,257 @@
+"""Small CNN shapes for channel-group and surgery tests: one per dependency pattern.
+
+Every model takes ``(N, 3, 16, 16)`` inputs unless its ``INPUT`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nncompress.demo.cnns import MobileNetV2, MobileNetV3Small, ResNet50
+from nncompress.graph.channel_groups import ChannelGroup
+from tests.model_zoo import ResidualCNN
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class InceptionNet(nn.Module):
+    """Branches joined by ``torch.cat`` along the channels (one branch a pool of the input), then a BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.b1 = conv_bn(8, 4, 1)
+        self.b3 = nn.Sequential(conv_bn(8, 6, 1), conv_bn(6, 5, 3))
+        self.bp = conv_bn(8, 3, 1)
+        self.bn = nn.BatchNorm2d(20)
+        self.head = nn.Conv2d(20, 6, 1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = torch.cat([self.b1(x), self.b3(x), self.bp(F.max_pool2d(x, 3, 1, 1)), x], dim=1)
+        y = F.relu(self.head(F.relu(self.bn(y))))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+class DenseNet(nn.Module):
+    """DenseNet-style: each layer's output is concatenated onto everything before it."""
+
+    def __init__(self, growth: int = 4, layers: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.layers = nn.ModuleList()
+        c = 6
+        for _ in range(layers):
+            self.layers.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1)))
+            c += growth
+        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 7, 1), nn.AvgPool2d(2))
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return self.fc(self.trans(x).mean((2, 3)))
+
+
+class LinearSE(nn.Module):
+    """Squeeze-excitation built from linears: mean, linear, relu, linear, sigmoid, view, mul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv_bn(3, 12)
+        self.fc1, self.fc2 = nn.Linear(12, 4), nn.Linear(4, 12)
+        self.out = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        y = self.out(x * s.view(s.shape[0], -1, 1, 1))
+        return y.sum((2, 3))
+
+
+class FlattenLinear(nn.Module):
+    """conv -> pool -> view(N, -1) -> linear: the linear sees each channel as H*W features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = conv_bn(3, 6), conv_bn(6, 5, stride=2)
+        self.fc = nn.Linear(5 * 4 * 4, 7)
+        self.fc2 = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.c2(self.c1(x)), 2)
+        return self.fc2(F.relu(self.fc(x.view(x.size(0), -1))))
+
+
+class PoolLinear(nn.Module):
+    """conv -> adaptive pool -> flatten -> dropout -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = conv_bn(3, 10)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.flatten(F.adaptive_avg_pool2d(self.c1(x), (1, 1)), 1)))
+
+
+class TinyViT(nn.Module):
+    """Conv patch embedding, then attention: the patch conv's channels go through transpose/matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        return self.fc(self.enc(t).mean(1))
+
+
+class ResNeXtBlock(nn.Module):
+    """1x1 -> grouped 3x3 (groups=4) -> 1x1, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.c1, self.c2, self.c3 = conv_bn(8, 16, 1), conv_bn(16, 16, 3, groups=4), nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.c3(self.c2(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class ConvOutput(nn.Module):
+    """Returns a conv's output as well as the head's: those channels are the model's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = conv_bn(3, 6), nn.Conv2d(6, 4, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.c1(x)
+        return self.c2(x), self.fc(x.mean((2, 3)))
+
+
+class TwoReaders(nn.Module):
+    """One conv output read by two convs and a pooled linear; one conv module called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = conv_bn(3, 8)
+        self.a, self.b = nn.Conv2d(8, 5, 3, padding=1), nn.Conv2d(8, 5, 1)
+        self.shared = nn.Conv2d(5, 6, 1)
+        self.fc = nn.Linear(8 + 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        y = F.relu(self.shared(F.relu(self.a(x)))) + F.relu(self.shared(F.relu(self.b(x))))
+        return self.fc(torch.cat([x.mean((2, 3)), y.amax((2, 3))], 1))
+
+
+class DepthwiseMultiplier(nn.Module):
+    """A depthwise conv with channel multiplier 2 (groups = in_channels, out = 2 x in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = conv_bn(3, 6)
+        self.dw = nn.Conv2d(6, 12, 3, padding=1, groups=6)
+        self.bn = nn.BatchNorm2d(12)
+        self.pw = nn.Conv2d(12, 5, 1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn(self.dw(self.c1(x))))
+        return self.fc(F.relu(self.pw(y)).mean((2, 3)))
+
+
+class TinyUNet(nn.Module):
+    """Down conv, transposed conv back up, skip connection by ``torch.cat``, interpolate, conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = conv_bn(3, 6)
+        self.down = conv_bn(6, 8, stride=2)
+        self.up = nn.ConvTranspose2d(8, 5, 2, stride=2)
+        self.dec = nn.Conv2d(11, 4, 3, padding=1)
+        self.side = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.enc(x)
+        d = self.down(e)
+        side = F.interpolate(F.relu(self.side(d)), scale_factor=2.0, mode="bilinear")
+        y = F.relu(self.dec(torch.cat([F.relu(self.up(d)), e], 1)))
+        return (y[:, :3] + side).mean((2, 3))
+
+
+def resnet() -> nn.Module:
+    return ResNet50(base=4, blocks=(1, 1, 1, 1))
+
+
+def mobilenet_v2() -> nn.Module:
+    return MobileNetV2(width=0.25)
+
+
+def mobilenet_v3() -> nn.Module:
+    return MobileNetV3Small()
+
+
+def residual_cnn() -> nn.Module:
+    return ResidualCNN()
+
+
+# name -> (factory, input shape); every one has prunable groups and obeys the defining property
+PROPERTY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "resnet": (resnet, (2, 3, 16, 16)),
+    "mobilenet_v2": (mobilenet_v2, (2, 3, 16, 16)),
+    "mobilenet_v3_se": (mobilenet_v3, (2, 3, 16, 16)),
+    "residual_cnn": (residual_cnn, (2, 1, 8, 8)),
+    "inception": (InceptionNet, (2, 3, 16, 16)),
+    "densenet": (DenseNet, (2, 3, 16, 16)),
+    "linear_se": (LinearSE, (2, 3, 16, 16)),
+    "flatten_linear": (FlattenLinear, (2, 3, 16, 16)),
+    "pool_linear": (PoolLinear, (2, 3, 16, 16)),
+    "resnext": (ResNeXtBlock, (2, 3, 16, 16)),
+    "conv_output": (ConvOutput, (2, 3, 16, 16)),
+    "two_readers": (TwoReaders, (2, 3, 16, 16)),
+    "depthwise_multiplier": (DepthwiseMultiplier, (2, 3, 16, 16)),
+    "unet": (TinyUNet, (2, 3, 16, 16)),
+}
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 2 - 1)
+    return model.eval()
+
+
+def random_keep(groups: list[ChannelGroup], gen: torch.Generator) -> dict[int, torch.Tensor]:
+    """A random keep mask per prunable group (random density, at least one channel kept)."""
+    keep = {}
+    for g in groups:
+        if g.prunable:
+            mask = torch.rand(g.channels, generator=gen) < torch.rand(1, generator=gen).item()
+            mask[torch.randint(g.channels, (1,), generator=gen)] = True
+            keep[g.index] = mask
+    return keep

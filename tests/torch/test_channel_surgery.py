@@ -1,0 +1,208 @@
+"""Physical channel removal: the defining property, attributes, runtime modules, ONNX, bad masks."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from nncompress.errors import InvalidArgumentError
+from nncompress.graph.capture import capture
+from nncompress.graph.channel_groups import ChannelGroup, channel_groups
+from nncompress.graph.layout import InsertionCommand, TargetPoint, TargetType, TransformationLayout
+from nncompress.torch.channel_surgery import axis_tensors, remove_channels
+from nncompress.torch.insertion import apply_layout
+from nncompress.torch.runtime import get_runtime
+from tests.graph.channel_models import PROPERTY_MODELS, random_keep, randomize_bn
+
+
+def zero_removed(model: nn.Module, groups: list[ChannelGroup], keep: dict[int, torch.Tensor]) -> nn.Module:
+    """A copy with the removed channels zeroed in every output / channelwise slot (weights, bias,
+    BatchNorm weight and bias; running statistics untouched): the masked reference."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for index, mask in keep.items():
+            for slot in groups[index].slots:
+                if slot.role == "input":
+                    continue
+                module = model.get_submodule(slot.module)
+                for attr, dim in axis_tensors(module, "out"):
+                    if attr.startswith("running"):
+                        continue
+                    tensor = getattr(module, attr)
+                    for c in (~mask).nonzero().flatten().tolist():
+                        tensor.narrow(dim, slot.offset + c * slot.repeat, slot.repeat).zero_()
+    return model
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = model(x)
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _check_attributes(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels and m.weight.shape[1] * m.groups == m.in_channels, name
+        elif isinstance(m, nn.Linear):
+            assert tuple(m.weight.shape) == (m.out_features, m.in_features), name
+        elif isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean.shape[0] == m.weight.shape[0] == m.num_features, name
+
+
+@pytest.mark.parametrize("name", sorted(PROPERTY_MODELS))
+def test_removal_equals_zeroing(name: str) -> None:
+    """The defining property, for random keep masks (3 per model): zeroing the removed channels in
+    the output/channelwise slots gives the physically pruned model's output."""
+    factory, shape = PROPERTY_MODELS[name]
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    model = randomize_bn(factory())
+    x = torch.randn(*shape, generator=gen)
+    groups = channel_groups(capture(model, (x,)), model)
+    assert any(g.prunable for g in groups)
+    dense_params = sum(p.numel() for p in model.parameters())
+    for _ in range(3):
+        keep = random_keep(groups, gen)
+        expected = _outputs(zero_removed(model, groups, keep), x)
+        pruned = copy.deepcopy(model)
+        remove_channels(pruned, groups, keep)
+        assert type(pruned) is type(model)
+        _check_attributes(pruned)
+        for got, want in zip(_outputs(pruned, x), expected):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        removed = sum(int((~m).sum()) for m in keep.values())
+        assert removed == 0 or sum(p.numel() for p in pruned.parameters()) < dense_params
+
+
+def test_pruned_model_trains_and_state_dict_round_trips() -> None:
+    factory, shape = PROPERTY_MODELS["resnet"]
+    model = randomize_bn(factory())
+    x = torch.randn(*shape)
+    groups = channel_groups(capture(model, (x,)), model)
+    keep = random_keep(groups, torch.Generator().manual_seed(1))
+    remove_channels(model, groups, keep)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model(x).sum().backward()
+    opt.step()
+    fresh = copy.deepcopy(model)
+    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+class _MaskAndScale(nn.Module):
+    """An inserted weight module with a full-shape mask and a per-output-channel scale."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", (torch.rand_like(weight) > 0.3).float())
+        self.scale = nn.Parameter(torch.rand(weight.shape[0], *([1] * (weight.dim() - 1))) + 0.5)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask * self.scale
+
+
+def test_inserted_weight_modules_are_sliced() -> None:
+    """Modules inserted at a sliced weight (mask, per-channel scale) follow the weight; the result
+    equals pruning the model with the inserted modules' effect baked in."""
+    factory, shape = PROPERTY_MODELS["inception"]
+    model = randomize_bn(factory())
+    x = torch.randn(*shape)
+    groups = channel_groups(capture(model, (x,)), model)
+    reference = copy.deepcopy(model)  # the plain model with the inserted modules' effect baked in
+    layout = TransformationLayout()
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            layout.register(InsertionCommand(TargetPoint(TargetType.WEIGHT, name), _MaskAndScale(m.weight), "test"))
+    rt = apply_layout(model, layout)
+    assert rt is not None
+    with torch.no_grad():
+        for key, entries in rt.weight_points.items():
+            reference.get_parameter(key).copy_(rt.module_at(entries[0])(model.get_parameter(key)))
+    keep = random_keep(groups, torch.Generator().manual_seed(2))
+    expected = _outputs(zero_removed(reference, groups, keep), x)[0]
+    remove_channels(model, groups, keep)
+    assert get_runtime(model) is rt
+    for key, entries in rt.weight_points.items():
+        inserted = rt.module_at(entries[0])
+        assert isinstance(inserted, _MaskAndScale)
+        weight = model.get_parameter(key)
+        assert inserted.mask.shape == weight.shape and inserted.scale.shape[0] == weight.shape[0]
+    torch.testing.assert_close(_outputs(model, x)[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_pruned_resnet_onnx_matches_pytorch(tmp_path: Path) -> None:
+    factory, shape = PROPERTY_MODELS["resnet"]
+    model = randomize_bn(factory())
+    x = torch.randn(*shape)
+    groups = channel_groups(capture(model, (x,)), model)
+    keep = random_keep(groups, torch.Generator().manual_seed(3))
+    remove_channels(model, groups, keep)
+    path = tmp_path / "pruned.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5, rtol=1e-4)
+    import onnx
+
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _resnet_groups() -> tuple[nn.Module, list[ChannelGroup]]:
+    factory, shape = PROPERTY_MODELS["resnet"]
+    model = randomize_bn(factory())
+    return model, channel_groups(capture(model, (torch.randn(*shape),)), model)
+
+
+@pytest.mark.parametrize(
+    ("make_keep", "match"),
+    [
+        (lambda g: {g[0].index: torch.ones(g[0].channels + 1, dtype=torch.bool)}, r"group 0 .*shape"),
+        (lambda g: {g[1].index: torch.zeros(g[1].channels, dtype=torch.bool)}, r"group 1 .*removes all"),
+        (lambda g: {99: torch.ones(4, dtype=torch.bool)}, r"group 99"),
+        (lambda g: {g[0].index: torch.ones(g[0].channels)}, r"group 0 .*bool"),
+        (lambda g: {g[2].index: torch.ones(g[2].channels, dtype=torch.bool),
+                    g[0].index: torch.ones(3, dtype=torch.bool)}, r"group 0"),
+    ],
+)
+def test_bad_keep_masks_are_refused_and_leave_the_model(
+    make_keep: Callable[[list[ChannelGroup]], dict[int, torch.Tensor]], match: str
+) -> None:
+    model, groups = _resnet_groups()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InvalidArgumentError, match=match):
+        remove_channels(model, groups, make_keep(groups))
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unprunable_group_is_refused_with_its_reason() -> None:
+    factory, shape = PROPERTY_MODELS["conv_output"]
+    model = factory()
+    groups = channel_groups(capture(model, (torch.randn(*shape),)), model)
+    bad = next(g for g in groups if not g.prunable)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = {bad.index: torch.ones(bad.channels, dtype=torch.bool)}
+    with pytest.raises(InvalidArgumentError, match=rf"group {bad.index} \(c2\).*not prunable.*model output"):
+        remove_channels(model, groups, keep)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_groups_of_another_model_are_refused() -> None:
+    model, groups = _resnet_groups()
+    other = PROPERTY_MODELS["resnet"][0]()
+    other.conv1 = nn.Conv2d(3, 2, 3, 1, 1, bias=False)  # fewer channels than group 0 has
+    keep = {0: torch.ones(groups[0].channels, dtype=torch.bool)}
+    with pytest.raises(InvalidArgumentError, match="group 0 .*another model"):
+        remove_channels(other, groups, keep)
