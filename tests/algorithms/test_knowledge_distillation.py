@@ -330,3 +330,24 @@ def test_data_parallel_replicas_raise_instead_of_training_without_the_teacher() 
         replica(X)
     replica.eval()
     replica(X)  # evaluation under DataParallel is fine
+
+
+def test_bert_keyword_inputs_with_quantization_distil_the_logits() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3))
+    original = copy.deepcopy(bert)
+    ids = torch.randint(0, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+    cfg = {"input_info": [{"sample_size": [2, 6], "type": "long", "keyword": "input_ids"}],
+           "compression": [{"algorithm": "quantization"}, {"algorithm": KD, "type": "softmax", "temperature": 3.0}]}
+    ctrl, model = nnc.create_compressed_model(bert, cfg, init_data=[{"input_ids": ids}])
+    model.train()
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 2, 0]))
+    with torch.no_grad():
+        t = original.train()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double()
+    s = out.logits.detach().double()
+    ref = -(torch.softmax(t / 3, 1) * torch.log_softmax(s / 3, 1)).sum(1).mean() * 9  # the loss field is skipped
+    assert float(ctrl.loss().detach()) == pytest.approx(float(ref), rel=1e-5)
+    (out.loss + ctrl.loss()).backward()
