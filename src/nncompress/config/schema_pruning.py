@@ -18,10 +18,10 @@ from nncompress.config.schema_common import (
 )
 
 PRUNING_SCHEDULES = ("exponential", "exponential_with_bias", "baseline")
-"""Values of ``params.schedule``."""
+"""Values of ``params.schedule`` (the same as :data:`nncompress.functional.pruning_schedules.PRUNING_SCHEDULES`)."""
 
 FILTER_IMPORTANCES = ("L2", "L1", "geometric_median")
-"""Values of ``params.filter_importance``."""
+"""Values of ``params.filter_importance`` (as :data:`nncompress.functional.importance.FILTER_IMPORTANCES`)."""
 
 INTERLAYER_RANKING_TYPES = ("unweighted_ranking", "learned_ranking")
 """Values of ``params.interlayer_ranking_type``."""
@@ -56,6 +56,8 @@ FILTER_PRUNING_SCHEMA = algorithm_section(
                 "prune_first_conv": boolean("Also prune the first convolutions of the model."),
                 "prune_downsample_convs": boolean("Also prune convolutions with stride > 1."),
                 "prune_batch_norms": boolean("Also prune the BatchNorms after pruned convolutions."),
+                "zero_grad": boolean("Zero the gradients of pruned filters during training (default true; "
+                                     "false lets them keep learning, so they may come back)."),
                 "legr_params": _LEGR_PARAMS,
                 "save_ranking_coeffs_path": string("File to save the LeGR ranking coefficients to."),
                 "load_ranking_coeffs_path": string("File to load the LeGR ranking coefficients from."),
