@@ -76,6 +76,28 @@ def test_squeeze_excitation_ties_its_expand_conv_to_the_block() -> None:
     assert {("fc2", "output"), ("fc1", "input"), ("out", "input")} <= {(s.module, s.role) for s in linear[0].slots}
 
 
+def test_first_and_downsample_flags_follow_nncf() -> None:
+    """First convs: a model input reaches them through no other conv (preprocessing included).
+    Downsample: any non-transposed conv of the group with a stride > 1, depthwise ones too."""
+    class Pre(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(F.relu(self.a(x * 2 - 1))).mean((2, 3), keepdim=True).flatten(1)
+
+    pre = groups_of(Pre())
+    assert [g.first_conv for g in pre] == [True, False]
+    inception = groups_of(PROPERTY_MODELS["inception"][0]())
+    assert [s.module for g in inception if g.first_conv for s in g.producers] == ["stem.0"]
+    v2 = groups_of(PROPERTY_MODELS["mobilenet_v2"][0]())
+    assert group_with(v2, "features.4.conv.0.0").downsample  # its depthwise conv has stride 2
+    assert not group_with(v2, "features.3.conv.0.0").downsample
+    unet = groups_of(PROPERTY_MODELS["unet"][0]())
+    assert group_with(unet, "down.0").downsample and not group_with(unet, "up").downsample
+
+
 def test_concat_gives_offsets() -> None:
     groups = groups_of(PROPERTY_MODELS["inception"][0]())
     head = {group_with(groups, m).index: s.offset for m in ("b1.0", "b3.1.0", "bp.0", "stem.0")

@@ -100,35 +100,47 @@ def test_pruned_model_trains_and_state_dict_round_trips() -> None:
 
 
 class _MaskAndScale(nn.Module):
-    """An inserted weight module with a full-shape mask and a per-output-channel scale."""
+    """An inserted weight module like the library's: a full-shape mask (sparsity), a 1-D
+    per-channel scale along ``axis`` (a quantizer's scale, a filter mask) and a broadcast scale."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, axis: int) -> None:
         super().__init__()
+        self.axis = axis
         self.register_buffer("mask", (torch.rand_like(weight) > 0.3).float())
-        self.scale = nn.Parameter(torch.rand(weight.shape[0], *([1] * (weight.dim() - 1))) + 0.5)
+        self.vec = nn.Parameter(torch.rand(weight.shape[axis]) + 0.5)
+        shape = [1] * weight.dim()
+        shape[axis] = -1
+        self.register_buffer("bcast", torch.rand(weight.shape[axis]).view(shape) + 0.5)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask * self.scale
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
+        return w * self.mask * self.vec.view(shape) * self.bcast
 
 
-def test_inserted_weight_modules_are_sliced() -> None:
-    """Modules inserted at a sliced weight (mask, per-channel scale) follow the weight; the result
-    equals pruning the model with the inserted modules' effect baked in."""
-    factory, shape = PROPERTY_MODELS["inception"]
+@pytest.mark.parametrize("name", ["inception", "unet"])
+def test_inserted_weight_modules_are_sliced(name: str) -> None:
+    """Modules inserted at a sliced weight follow the weight: the pruned model with its runtime
+    equals the masked reference of the plain model with the inserted modules' effect baked in."""
+    factory, shape = PROPERTY_MODELS[name]
     model = randomize_bn(factory())
     x = torch.randn(*shape)
     groups = channel_groups(capture(model, (x,)), model)
-    reference = copy.deepcopy(model)  # the plain model with the inserted modules' effect baked in
+    reference = copy.deepcopy(model)
     layout = TransformationLayout()
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            layout.register(InsertionCommand(TargetPoint(TargetType.WEIGHT, name), _MaskAndScale(m.weight), "test"))
+    for mname, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            axis = 1 if isinstance(m, nn.ConvTranspose2d) else 0  # the output channels' dim
+            layout.register(InsertionCommand(TargetPoint(TargetType.WEIGHT, mname), _MaskAndScale(m.weight, axis), "t"))
     rt = apply_layout(model, layout)
     assert rt is not None
     with torch.no_grad():
         for key, entries in rt.weight_points.items():
             reference.get_parameter(key).copy_(rt.module_at(entries[0])(model.get_parameter(key)))
     keep = random_keep(groups, torch.Generator().manual_seed(2))
+    for mask in keep.values():  # every group loses a channel (or more) where it can
+        if mask[1:].any():
+            mask[0] = False
     expected = _outputs(zero_removed(reference, groups, keep), x)[0]
     remove_channels(model, groups, keep)
     assert get_runtime(model) is rt
@@ -136,7 +148,8 @@ def test_inserted_weight_modules_are_sliced() -> None:
         inserted = rt.module_at(entries[0])
         assert isinstance(inserted, _MaskAndScale)
         weight = model.get_parameter(key)
-        assert inserted.mask.shape == weight.shape and inserted.scale.shape[0] == weight.shape[0]
+        assert inserted.mask.shape == weight.shape
+        assert inserted.vec.shape[0] == inserted.bcast.shape[inserted.axis] == weight.shape[inserted.axis]
     torch.testing.assert_close(_outputs(model, x)[0], expected, atol=1e-5, rtol=1e-4)
 
 

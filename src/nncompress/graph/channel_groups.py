@@ -69,8 +69,10 @@ class ChannelGroup:
     :param slots: every place the channels sit in a module's parameters.
     :param prunable: whether removing channels keeps the model's function (see the module doc).
     :param reason: why the group is not prunable (shown to the user); ``""`` if prunable.
-    :param first_conv: a producer conv reads a model input (NNCF's ``prune_first_conv``).
-    :param downsample: a producer conv has a stride > 1 (NNCF's ``prune_downsample_convs``).
+    :param first_conv: a producer conv is one of the first convs: a model input reaches it
+        through no other conv or linear (NNCF's ``prune_first_conv``).
+    :param downsample: a conv of the group (producer or depthwise) has a stride > 1; transposed
+        convs never count (NNCF's ``prune_downsample_convs``, which checked every conv of a group).
     """
 
     index: int
@@ -152,6 +154,7 @@ class GroupBuilder:
         self.layouts: dict[str, Layout] = {}  # op name -> layout of its (single) output's dim 1
         self.module_out: dict[str, int] = {}  # module -> element of its output channels
         self.module_in: dict[tuple[str, str], Layout] = {}  # (module, role) -> layout it reads
+        self.near_input: set[str] = set()  # ops a model input reaches through no conv or linear
         from nncompress.graph import channel_handlers as h  # (it imports this module)
 
         self.handlers: dict[str, Handler] = {}
@@ -163,6 +166,11 @@ class GroupBuilder:
         for ops, handler in table:
             self.handlers.update(dict.fromkeys(ops, handler))
         self.sources = {h.conv, h.linear}  # handlers that run without a group input
+        self.stops = rules.CONVS | rules.CONV_TRANSPOSES | {"linear"}
+
+    def from_input(self, producer: str | None) -> bool:
+        """Whether a tensor comes from a model input through no conv or linear."""
+        return producer is not None and (producer.startswith("@input") or producer in self.near_input)
 
     # -- union-find over group elements --------------------------------------------------------
 
@@ -196,6 +204,12 @@ class GroupBuilder:
                 elem = self.elems[self.find(seg.elem)]
                 elem.reason = elem.reason or reason
 
+    def flag_downsample(self, layout: Layout) -> None:
+        """Mark the groups of a layout as read by a strided depthwise conv."""
+        for seg in layout:
+            if seg.elem is not None:
+                self.elems[self.find(seg.elem)].downsample = True
+
     def refuse_all(self, ins: Sequence[Layout | None], reason: str) -> None:
         for layout in ins:
             self.refuse(layout, reason)
@@ -228,6 +242,8 @@ class GroupBuilder:
     # -- walking the graph -----------------------------------------------------------------------
 
     def visit(self, node: OpNode) -> None:
+        if node.op not in self.stops and any(self.from_input(p) for p in node.inputs):
+            self.near_input.add(node.name)
         ins = [self.layouts.get(p) if p is not None else None for p in node.inputs]
         handler = self.handlers.get(node.op)
         if handler is None:
@@ -275,7 +291,7 @@ class GroupBuilder:
         elem = self.elems[self.find(e)]
         elem.conv |= conv
         elem.reason = elem.reason or reason
-        elem.first_conv |= conv and (node.inputs[0] or "").startswith("@input")
+        elem.first_conv |= conv and self.from_input(node.inputs[0])
         elem.downsample |= downsample
         return (Segment(e, channels),)
 

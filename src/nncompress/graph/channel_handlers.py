@@ -59,7 +59,7 @@ def conv(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
     if x is not None and _total(x) != cin:
         b.refuse(x, f"{node.name} reads {cin} channels, the group layout has {_total(x)}")
         x = None
-    stride = any(s > 1 for s in m.stride)
+    stride = any(s > 1 for s in m.stride) and not transpose
     if m.groups == 1:
         if x is not None:
             b.consume(node, x, name, "input")
@@ -70,6 +70,8 @@ def conv(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
             reason = f"depthwise conv {node.name} reads channels of no prunable group (a model input)"
             return b.produce(node, name, cin, True, reason, role="channelwise") if mult == 1 else None
         b.consume(node, x, name, "channelwise", mult)
+        if stride:
+            b.flag_downsample(x)
         return tuple(Segment(s.elem, s.size, s.repeat * mult) for s in x)  # zero weights: zero output
     reason = f"{node.name} is a grouped conv (groups={m.groups}), whose channels cannot be removed one by one"
     b.refuse(x, reason)

@@ -138,17 +138,27 @@ def _slice_attr(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> 
         module._buffers[name] = _slice(module._buffers[name], dim, index)  # type: ignore[arg-type]
 
 
-def _slice_inserted(model: nn.Module, qualified: str, dim: int, size: int, index: torch.Tensor) -> None:
-    """Slice the runtime's modules at a weight point wherever a tensor has ``size`` on ``dim``."""
+def _slice_inserted(model: nn.Module, qualified: str, ndim: int, dim: int, size: int, index: torch.Tensor) -> None:
+    """Slice the runtime's modules at a weight point along the weight's sliced dim.
+
+    A tensor with the weight's number of dims (a full mask, a ``[C, 1, 1, 1]`` scale) is sliced
+    on ``dim`` where it has ``size`` there. A 1-D tensor (a per-channel scale, a filter mask)
+    runs along the dim its module names in ``axis``, ``dim`` or ``channel_axis`` (0 if none).
+    """
     rt = get_runtime(model)
     if rt is None:
         return
     for entry in rt.weight_points.get(qualified, []):
-        inserted = rt.module_at(entry)
-        for sub in inserted.modules():
+        for sub in rt.module_at(entry).modules():
+            axis = next((a for a in (getattr(sub, n, None) for n in ("axis", "dim", "channel_axis"))
+                         if isinstance(a, int) and not isinstance(a, bool)), 0)
             for name, t in [*sub._parameters.items(), *sub._buffers.items()]:
-                if t is not None and t.dim() > dim and t.shape[dim] == size:
+                if t is None or t.dim() == 0:
+                    continue
+                if t.dim() == ndim and t.shape[dim] == size:
                     _slice_attr(sub, name, dim, index)
+                elif t.dim() == 1 < ndim and axis % ndim == dim and t.shape[0] == size:
+                    _slice_attr(sub, name, 0, index)
 
 
 def _update_attributes(module: nn.Module, old_depthwise: bool, mult: int) -> None:
@@ -195,7 +205,8 @@ def remove_channels(model: nn.Module, groups: list[ChannelGroup], keep: Mapping[
             mult = module.out_channels // module.in_channels if isinstance(module, _ConvNd) and depthwise else 1
             index = full.nonzero().flatten()
             for attr, dim in axis_tensors(module, axis):
-                size = int(getattr(module, attr).shape[dim])
+                tensor = getattr(module, attr)
+                ndim, size = tensor.dim(), int(tensor.shape[dim])
                 _slice_attr(module, attr, dim, index)
-                _slice_inserted(model, f"{name}.{attr}", dim, size, index)
+                _slice_inserted(model, f"{name}.{attr}", ndim, dim, size, index)
             _update_attributes(module, depthwise, mult)
