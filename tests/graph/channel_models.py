@@ -197,6 +197,45 @@ class TinyUNet(nn.Module):
         return (y[:, :3] + side).mean((2, 3))
 
 
+class BasicBlock(nn.Module):
+    """ResNet-18's block: two 3x3 convs with BatchNorm, projection shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return F.relu(out, inplace=True)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (7x7 stem, max pool, 2-2-2-2 basic blocks), widths from ``base``."""
+
+    def __init__(self, base: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base)
+        layers, cin = [], base
+        for i in range(4):
+            cout = base * 2**i
+            layers.append(nn.Sequential(BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+
 def resnet() -> nn.Module:
     return ResNet50(base=4, blocks=(1, 1, 1, 1))
 
@@ -216,6 +255,7 @@ def residual_cnn() -> nn.Module:
 # name -> (factory, input shape); every one has prunable groups and obeys the defining property
 PROPERTY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet": (resnet, (2, 3, 16, 16)),
+    "resnet18": (ResNet18, (2, 3, 32, 32)),
     "mobilenet_v2": (mobilenet_v2, (2, 3, 16, 16)),
     "mobilenet_v3_se": (mobilenet_v3, (2, 3, 16, 16)),
     "residual_cnn": (residual_cnn, (2, 1, 8, 8)),

@@ -30,7 +30,7 @@ def slots(group: ChannelGroup) -> set[tuple[str, str, int, int]]:
     return {(s.module, s.role, s.offset, s.repeat) for s in group.slots}
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "mobilenet_v3_se", "residual_cnn", "inception",
+@pytest.mark.parametrize("name", ["resnet", "resnet18", "mobilenet_v2", "mobilenet_v3_se", "residual_cnn", "inception",
                                   "densenet", "flatten_linear", "pool_linear", "two_readers",
                                   "depthwise_multiplier"])
 def test_every_conv_group_of_these_cnns_is_prunable(name: str) -> None:
@@ -42,6 +42,16 @@ def test_every_conv_group_of_these_cnns_is_prunable(name: str) -> None:
     assert convs == produced  # every ordinary conv produces exactly one group
     assert all(g.prunable for g in groups), [g.reason for g in groups if not g.prunable]
     assert [g.index for g in groups] == list(range(len(groups)))
+
+
+def test_resnet18_every_conv_prunable() -> None:
+    """NNCF 2.19 pruned 5 of ResNet-18's 17 convs; here all 20 (with the 3 projections) are in
+    prunable groups: 12 groups, the residual chain of each stage being one."""
+    groups = groups_of(PROPERTY_MODELS["resnet18"][0](), (2, 3, 32, 32))
+    assert len(groups) == 12 and all(g.prunable for g in groups)
+    assert sum(len(g.producers) for g in groups) == 20
+    stage2 = group_with(groups, "layer2.0.conv2")
+    assert {s.module for s in stage2.producers} == {"layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"}
 
 
 def test_resnet_residual_adds_merge_groups() -> None:
@@ -162,6 +172,8 @@ class _Custom(nn.Module):
             y = torch.sigmoid(y)
         elif self.fn == "group_norm":
             y = self.gn(y)
+        elif self.fn == "setitem":
+            y[:, 0] = 0
         elif self.fn == "slice":
             y = torch.cat([y[:, :3], y[:, 3:]], 1)
         elif self.fn == "buffer":
@@ -180,7 +192,7 @@ class _Custom(nn.Module):
 @pytest.mark.parametrize(
     ("fn", "cout", "reason"),
     [("sigmoid", 6, r"sigmoid_0 turns removed \(zero\) channels into non-zero"),
-     ("group_norm", 6, "group_norm"), ("slice", 6, "getitem"), ("buffer", 6, "per-channel tensor outside"),
+     ("group_norm", 6, "group_norm"), ("setitem", 6, r"_Custom writes into a tensor by index"), ("slice", 6, "getitem"), ("buffer", 6, "per-channel tensor outside"),
      ("plus_one", 6, "add_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels")],
 )
 def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> None:

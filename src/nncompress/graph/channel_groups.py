@@ -139,7 +139,28 @@ def channel_groups(graph: CapturedGraph, model: nn.Module) -> list[ChannelGroup]
         layout = builder.layouts.get(name)
         if layout:
             builder.refuse(layout, f"its channels reach a model output (through {name})")
+    _refuse_indexed_writes(builder, graph)
     return builder.groups()
+
+
+def _refuse_indexed_writes(builder: GroupBuilder, graph: CapturedGraph) -> None:
+    """``x[idx] = v`` returns nothing, so capture counts it without knowing which tensor it wrote:
+    every group tensor produced or read by an op in that module scope (or below) is refused."""
+    scopes = sorted({scope for scope, op in graph.op_counts if op == "setitem"})
+    if not scopes:
+        return
+
+    def inside(scope: str) -> str | None:
+        return next((s for s in scopes if scope == s or scope.startswith(s + "/")), None)
+
+    for node in graph:
+        scope = inside(node.scope)
+        if scope is None:
+            continue
+        reason = f"{scope} writes into a tensor by index (setitem); nncompress cannot tell which channels"
+        builder.refuse(builder.layouts.get(node.name), reason)
+        for producer in node.inputs:
+            builder.refuse(builder.layouts.get(producer) if producer else None, reason)
 
 
 class GroupBuilder:
