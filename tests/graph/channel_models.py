@@ -197,6 +197,21 @@ class TinyUNet(nn.Module):
         return (y[:, :3] + side).mean((2, 3))
 
 
+class Conv1dNet(nn.Module):
+    """1-D convs on ``(N, C, L)`` sequences with BatchNorm1d, a residual add, mean over L, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv1d(3, 6, 3, padding=1), nn.BatchNorm1d(6)
+        self.c2, self.bn2 = nn.Conv1d(6, 6, 5, padding=2, bias=False), nn.BatchNorm1d(6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.bn1(self.c1(x)))
+        y = F.silu(y + self.bn2(self.c2(y)))
+        return self.fc(y.mean(-1))
+
+
 class BasicBlock(nn.Module):
     """ResNet-18's block: two 3x3 convs with BatchNorm, projection shortcut when the shape changes."""
 
@@ -269,6 +284,7 @@ PROPERTY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "two_readers": (TwoReaders, (2, 3, 16, 16)),
     "depthwise_multiplier": (DepthwiseMultiplier, (2, 3, 16, 16)),
     "unet": (TinyUNet, (2, 3, 16, 16)),
+    "conv1d": (Conv1dNet, (2, 3, 11)),
 }
 
 
