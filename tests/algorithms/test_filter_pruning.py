@@ -210,3 +210,21 @@ def test_prune_batch_norms_false_leaves_batchnorms_unmasked() -> None:
     masked = set(runtime.weight_points)
     assert not any(".bn" in name or "shortcut.1" in name for name in masked)
     assert all(isinstance(m, FilterPruningMask) for m in runtime.group("filter_pruning").values())
+
+
+def test_all_weights_flops_maximum_respects_the_quota() -> None:
+    ctrl, _ = compress({**ALL, "pruning_flops_target": 0.3, "all_weights": True}, pruning_init=0.3)
+    most = ctrl.maximal_compression_rate
+    ctrl.compression_rate = most
+    assert ctrl.compression_rate == pytest.approx(most, abs=0.02)
+    assert all(int((~g.keep()).sum()) <= int(0.9 * g.channels) for g in ctrl.pruned_groups)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda() -> None:
+    model = resnet().cuda()
+    ctrl, cm = nnc.create_compressed_model(model, pruning_config({**ALL, "pruning_flops_target": 0.4},
+                                                                 pruning_init=0.4))
+    x = torch.randn(3, 1, 8, 8, device="cuda")
+    stripped = ctrl.strip(do_copy=True)
+    torch.testing.assert_close(stripped(x), cm(x), rtol=1e-4, atol=1e-4)

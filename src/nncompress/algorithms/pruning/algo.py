@@ -74,7 +74,7 @@ class FilterPruningBuilder(BaseBuilder):
             warnings.warn(f"{self._section.json_path}: filter_pruning found no channel group to prune; "
                           "see ctrl.capture_report for the reasons", stacklevel=3)
         if self.params.prune_flops:
-            most = maximal_flops_level(self._costs, self._pruned)
+            most = maximal_flops_level(self._costs, self._pruned, self.params.all_weights)
             if self.params.target_level > most + 1e-9:
                 raise ConfigError(f"{self._section.json_path}.params.pruning_flops_target",
                                   f"this model can lose at most {most:.4f} of its FLOPs by pruning the groups in "
@@ -87,10 +87,12 @@ class FilterPruningBuilder(BaseBuilder):
                                        self.params)
 
 
-def maximal_flops_level(costs: list[LayerCost], pruned: list[PrunedGroup]) -> float:
-    """Share of the FLOPs removed when every pruned group keeps one channel."""
+def maximal_flops_level(costs: list[LayerCost], pruned: list[PrunedGroup], all_weights: bool = False) -> float:
+    """Share of the FLOPs removed when every pruned group keeps one channel (with ``all_weights``:
+    loses NNCF's quota of 90% of its channels, rounded down)."""
     full = total_flops(costs)
-    return 1.0 - total_flops(costs, {g.index: 1 for g in pruned}) / full if full else 0.0
+    kept = {g.index: g.channels - levels.quota(g.channels) if all_weights else 1 for g in pruned}
+    return 1.0 - total_flops(costs, kept) / full if full else 0.0
 
 
 class FilterPruningController(BaseController):
@@ -210,8 +212,9 @@ class FilterPruningController(BaseController):
 
     @property
     def maximal_compression_rate(self) -> float:
-        """With ``pruning_flops_target``: the FLOPs share removed when each group keeps one channel; else 1."""
-        return maximal_flops_level(self._costs, self.pruned_groups) if self.prune_flops else 1.0
+        """With ``pruning_flops_target``: the FLOPs share removed with every group pruned as far as allowed; else 1."""
+        return (maximal_flops_level(self._costs, self.pruned_groups, self.params.all_weights) if self.prune_flops
+                else 1.0)
 
     def compression_stage(self) -> CompressionStage:
         """UNCOMPRESSED at level 0, FULLY_COMPRESSED once the level set reaches the target, else PARTIALLY.

@@ -31,6 +31,11 @@ NNCF_PRUNING_QUOTA = 0.9
 """Most of a group's channels NNCF 2.x removes when ranking all filters for a FLOPs target."""
 
 
+def quota(channels: int) -> int:
+    """Most channels of a group the global FLOPs ranking removes: 90% rounded down (NNCF), at most all but one."""
+    return min(math.floor(channels * NNCF_PRUNING_QUOTA), channels - 1)
+
+
 def uniform_counts(channels: Mapping[int, int], level: float) -> Counts:
     """The same level in every group: :func:`~nncompress.functional.importance.pruned_count` each."""
     return {g: pruned_count(c, level) for g, c in channels.items()}
@@ -94,11 +99,11 @@ def global_counts_for_flops(channels: Mapping[int, int], order: Sequence[tuple[i
     :return: the counts and the removed ``(group, channel)`` pairs.
     :raises InvalidArgumentError: if the target is beyond what the quota allows.
     """
-    quota = {g: min(math.floor(c * NNCF_PRUNING_QUOTA), c - 1) for g, c in channels.items()}
+    quota_of = {g: quota(c) for g, c in channels.items()}
     sequence: list[tuple[int, int]] = []
     taken = dict.fromkeys(channels, 0)
     for g, c in order:
-        if taken[g] < quota[g]:
+        if taken[g] < quota_of[g]:
             taken[g] += 1
             sequence.append((g, c))
 
