@@ -311,3 +311,78 @@ def random_keep(groups: list[ChannelGroup], gen: torch.Generator) -> dict[int, t
             mask[torch.randint(g.channels, (1,), generator=gen)] = True
             keep[g.index] = mask
     return keep
+
+
+class RandomNet(nn.Module):
+    """A random DAG of convs (ordinary, depthwise, with BatchNorm and an activation), residual add
+    and mul, concat, squeeze-excitation and scalar ops on ``(N, 3, 8, 8)`` inputs, from a seed.
+
+    Every tensor keeps the 8x8 spatial size, so any two with equal channels can be added.
+    """
+
+    ACTS = ("relu", "sigmoid", "hardswish", "none")
+
+    def __init__(self, seed: int, steps: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(n: int) -> int:
+            return int(torch.randint(n, (1,), generator=g))
+
+        self.program: list[tuple[str, tuple[int, ...], str]] = []
+        self.mods = nn.ModuleList()
+        channels = [3]
+        for _ in range(steps):
+            kind = ("conv", "conv", "dw", "add", "mul", "cat", "se", "scalar")[pick(8)]
+            src = pick(len(channels))
+            same = [i for i, c in enumerate(channels) if c == channels[src] and i != src]
+            if kind in ("add", "mul") and not same:
+                kind = "conv"
+            if kind == "conv":
+                cout = 2 + pick(5)
+                self.mods.append(nn.Sequential(nn.Conv2d(channels[src], cout, 1 + 2 * pick(2), padding="same"),
+                                               nn.BatchNorm2d(cout)))
+                self.program.append(("mod", (src, len(self.mods) - 1), self.ACTS[pick(4)]))
+                channels.append(cout)
+            elif kind == "dw" and channels[src] > 1:
+                mult = 1 + pick(2)
+                c = channels[src]
+                self.mods.append(nn.Sequential(nn.Conv2d(c, c * mult, 3, padding=1, groups=c), nn.BatchNorm2d(c * mult)))
+                self.program.append(("mod", (src, len(self.mods) - 1), self.ACTS[pick(4)]))
+                channels.append(c * mult)
+            elif kind in ("add", "mul"):
+                self.program.append((kind, (src, same[pick(len(same))]), ""))
+                channels.append(channels[src])
+            elif kind == "cat":
+                other = pick(len(channels))
+                self.program.append(("cat", (src, other), ""))
+                channels.append(channels[src] + channels[other])
+            elif kind == "se" and channels[src] > 1:
+                c = channels[src]
+                self.mods.append(nn.Sequential(nn.Conv2d(c, 2, 1), nn.ReLU(), nn.Conv2d(2, c, 1), nn.Hardsigmoid()))
+                self.program.append(("se", (src, len(self.mods) - 1), ""))
+                channels.append(c)
+            else:
+                self.program.append(("scalar", (src,), ("plus", "times")[pick(2)]))
+                channels.append(channels[src])
+        self.fc = nn.Linear(channels[-1], 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ts = [x]
+        for kind, args, extra in self.program:
+            a = ts[args[0]]
+            if kind == "mod":
+                y = self.mods[args[1]](a)
+                y = {"relu": F.relu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish}.get(extra, lambda t: t)(y)
+            elif kind == "add":
+                y = a + ts[args[1]]
+            elif kind == "mul":
+                y = a * ts[args[1]]
+            elif kind == "cat":
+                y = torch.cat([a, ts[args[1]]], 1)
+            elif kind == "se":
+                y = a * self.mods[args[1]](F.adaptive_avg_pool2d(a, 1))
+            else:
+                y = a + 1 if extra == "plus" else a * 2
+            ts.append(y)
+        return self.fc(ts[-1].mean((2, 3)))

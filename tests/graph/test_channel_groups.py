@@ -172,6 +172,10 @@ class _Custom(nn.Module):
             y = torch.sigmoid(y)
         elif self.fn == "group_norm":
             y = self.gn(y)
+        elif self.fn == "add_sigmoid":
+            y = y + torch.sigmoid(y)
+        elif self.fn == "mul_sigmoid":  # SiLU written out: zero times anything is zero
+            y = y * torch.sigmoid(y)
         elif self.fn == "setitem":
             y[:, 0] = 0
         elif self.fn == "slice":
@@ -193,7 +197,7 @@ class _Custom(nn.Module):
     ("fn", "cout", "reason"),
     [("sigmoid", 6, r"sigmoid_0 turns removed \(zero\) channels into non-zero"),
      ("group_norm", 6, "group_norm"), ("setitem", 6, r"_Custom writes into a tensor by index"), ("slice", 6, "getitem"), ("buffer", 6, "per-channel tensor outside"),
-     ("plus_one", 6, "add_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels")],
+     ("plus_one", 6, "add_0 turns removed"), ("add_sigmoid", 6, "sigmoid_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels")],
 )
 def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> None:
     g = group_with(groups_of(_Custom(fn, cout)), "c1.0")
@@ -201,7 +205,7 @@ def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> No
     assert re.search(reason, g.reason), g.reason
 
 
-@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim"])
+@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim", "mul_sigmoid"])
 def test_what_can_be_proven_is_prunable(fn: str) -> None:
     assert group_with(groups_of(_Custom(fn, 16)), "c1.0").prunable
 

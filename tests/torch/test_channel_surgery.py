@@ -10,6 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from nncompress.errors import InvalidArgumentError
@@ -19,7 +21,7 @@ from nncompress.graph.layout import InsertionCommand, TargetPoint, TargetType, T
 from nncompress.torch.channel_surgery import axis_tensors, remove_channels
 from nncompress.torch.insertion import apply_layout
 from nncompress.torch.runtime import get_runtime
-from tests.graph.channel_models import PROPERTY_MODELS, random_keep, randomize_bn
+from tests.graph.channel_models import PROPERTY_MODELS, RandomNet, random_keep, randomize_bn
 
 
 def zero_removed(model: nn.Module, groups: list[ChannelGroup], keep: dict[int, torch.Tensor]) -> nn.Module:
@@ -219,3 +221,17 @@ def test_groups_of_another_model_are_refused() -> None:
     keep = {0: torch.ones(groups[0].channels, dtype=torch.bool)}
     with pytest.raises(InvalidArgumentError, match="group 0 .*another model"):
         remove_channels(other, groups, keep)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31 - 1))
+def test_removal_equals_zeroing_on_random_graphs(seed: int) -> None:
+    """Random DAGs of convs, depthwise convs, adds, muls, concats, SE blocks and scalar ops: every
+    group called prunable obeys the defining property."""
+    model = randomize_bn(RandomNet(seed), seed)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    groups = channel_groups(capture(model, (x,)), model)
+    keep = random_keep(groups, torch.Generator().manual_seed(seed + 1))
+    expected = _outputs(zero_removed(model, groups, keep), x)
+    remove_channels(model, groups, keep)
+    torch.testing.assert_close(_outputs(model, x)[0], expected[0], atol=1e-4, rtol=1e-4)
