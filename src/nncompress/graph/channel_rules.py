@@ -29,6 +29,8 @@ NONZERO_UNARY = frozenset({
     "clamp_min", "clamp_min_", "clamp_max", "clip", "logsigmoid",
 })  # fmt: skip
 # Ops over spatial dims only: the output keeps dims 0 and 1 (checked on shapes), zero stays zero.
+# (``pad`` is taken to fill with zeros, its default, or to reflect/replicate: a non-zero constant
+# fill value is not in the capture.)
 SPATIAL = frozenset({
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
