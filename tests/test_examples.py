@@ -36,3 +36,10 @@ def test_ptq_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (tmp_path / "digits_ptq_int8.onnx").exists()
     out = capsys.readouterr().out
     assert "INT8 post-training accuracy" in out and "INT8 after one QAT epoch" in out
+
+
+def test_filter_pruning_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run_example("digits_filter_pruning", tmp_path)
+    assert (tmp_path / "digits_pruned.onnx").exists() and (tmp_path / "checkpoint.pt").exists()
+    out = capsys.readouterr().out
+    assert "FLOPs removed" in out and "stripped: CifarResNet" in out

@@ -70,6 +70,11 @@ class NonFiniteError(NNCompressError, FloatingPointError):
     quantizer, a mask) or the operation where the first non-finite value appeared."""
 
 
+class DistillationError(NNCompressError, RuntimeError):
+    """``knowledge_distillation`` cannot compute its loss from the model's outputs (no output
+    tensor of a shape its loss type takes, or teacher and student outputs that do not match)."""
+
+
 class GraphMismatchError(NNCompressError, RuntimeError):
     """A forward ran operations that differ from the ones captured when the model was
     compressed, so inserted modules would land on the wrong operations."""
@@ -79,6 +84,7 @@ __all__ = [
     "CaptureError",
     "CompressionStateError",
     "ConfigError",
+    "DistillationError",
     "ExportError",
     "GraphMismatchError",
     "InitDataError",

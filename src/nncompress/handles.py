@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.algorithms.distillation.teacher import remove_teacher_hooks
 from nncompress.api.compression import CompressionAlgorithmController, StripFormat
 from nncompress.errors import InvalidArgumentError
 from nncompress.torch.insertion import strip_runtime
@@ -55,21 +56,31 @@ def compression_controller(model: nn.Module) -> Controller:
 
     :raises InvalidArgumentError: for a model without one (not compressed, stripped, or a copy).
     """
-    rt = get_runtime(model)
-    ref = rt.__dict__.get(_ATTR) if rt is not None else None
-    if ref is None or ref.ctrl is None:
+    ctrl = _registered(model)
+    if ctrl is None:
         raise InvalidArgumentError(
             "this model has no compression controller: pass the model returned by create_compressed_model or "
             "quantize (copies and stripped models do not keep it)"
         )
-    ctrl: Controller = ref.ctrl
     return ctrl
+
+
+def _registered(model: nn.Module) -> Controller | None:
+    """The controller remembered with ``model``, if any."""
+    rt = get_runtime(model)
+    ref = rt.__dict__.get(_ATTR) if rt is not None else None
+    return None if ref is None else ref.ctrl
 
 
 def strip(
     model: nn.Module, do_copy: bool = True, strip_format: StripFormat = StripFormat.NATIVE
 ) -> nn.Module:
     """Turn every inserted module into its plain PyTorch form (see :class:`StripFormat`).
+
+    A model returned by ``create_compressed_model`` or ``quantize`` is stripped by its controller,
+    exactly as ``ctrl.strip()``: pruned channels are removed physically and a distillation
+    teacher is dropped too. Any other model (a copy, which does not keep its controller) has its
+    inserted modules baked or converted and the rest removed.
 
     :param model: a compressed model.
     :param do_copy: strip a deep copy and leave ``model`` as it is.
@@ -78,7 +89,11 @@ def strip(
     """
     if not isinstance(strip_format, StripFormat):
         raise InvalidArgumentError(f"strip_format must be a StripFormat, got {strip_format!r}")
+    ctrl = _registered(model)
+    if ctrl is not None:
+        return ctrl.strip_model(model, do_copy=do_copy, strip_format=strip_format)
     target = copy.deepcopy(model) if do_copy else model
+    remove_teacher_hooks(target)
     return strip_runtime(target, strip_format)
 
 

@@ -46,7 +46,8 @@ def test_unknown_and_unsupported_algorithms() -> None:
     with pytest.raises(UnknownAlgorithmError, match="did you mean 'magnitude_sparsity'"):
         nnc.CompressionConfig.from_dict({"compression": {"algorithm": "magnitude_sparsty"}})
     with pytest.raises(UnsupportedAlgorithmError, match="not supported"):
-        nnc.CompressionConfig.from_dict({"compression": {"algorithm": "filter_pruning"}})
+        nnc.CompressionConfig.from_dict({"compression": {"algorithm": "movement_sparsity", "params": {
+            "warmup_start_epoch": 1, "warmup_end_epoch": 3, "importance_regularization_factor": 0.01}}})
 
 
 def test_scope_that_matches_nothing(cnn: ResidualCNN) -> None:

@@ -147,11 +147,15 @@ def test_missing_algorithm_key() -> None:
     assert str(error) == "compression[0]: missing required key 'algorithm'"
 
 
+MOVEMENT_PARAMS = {"warmup_start_epoch": 1, "warmup_end_epoch": 3, "importance_regularization_factor": 0.01}
+
+
 @pytest.mark.parametrize(
     ("sections", "path"),
     [
-        ({"algorithm": "rb_sparsity"}, "compression.algorithm"),
-        ([{"algorithm": "magnitude_sparsity"}, {"algorithm": "rb_sparsity"}], "compression[1].algorithm"),
+        ({"algorithm": "movement_sparsity", "params": MOVEMENT_PARAMS}, "compression.algorithm"),
+        ([{"algorithm": "magnitude_sparsity"}, {"algorithm": "movement_sparsity", "params": MOVEMENT_PARAMS}],
+         "compression[1].algorithm"),
     ],
 )
 def test_known_but_unbuilt_algorithm_is_unsupported(sections: Any, path: str) -> None:
@@ -159,15 +163,16 @@ def test_known_but_unbuilt_algorithm_is_unsupported(sections: Any, path: str) ->
     assert isinstance(error, UnsupportedAlgorithmError)
     assert isinstance(error, NotImplementedError)
     assert str(error) == (
-        f"{path}: 'rb_sparsity' is not supported by nncompress yet; "
-        "supported: const_sparsity, magnitude_sparsity, quantization"
+        f"{path}: 'movement_sparsity' is not supported by nncompress (it is not planned); supported: "
+        "const_sparsity, filter_pruning, knowledge_distillation, magnitude_sparsity, quantization, rb_sparsity"
     )
 
 
 def test_schema_errors_come_before_unsupported() -> None:
-    error = _error(_config({"algorithm": "rb_sparsity", "params": {"schedule": "polynomal"}}))
+    params = {**MOVEMENT_PARAMS, "schedule": "threshold_polynomal_decay"}
+    error = _error(_config({"algorithm": "movement_sparsity", "params": params}))
     assert type(error) is ConfigError
-    assert "did you mean 'polynomial'?" in str(error)
+    assert "did you mean 'threshold_polynomial_decay'?" in str(error)
 
 
 def test_bootstrap_nas_is_unsupported() -> None:

@@ -29,12 +29,13 @@ from nncompress.config.schema import INPUT_DTYPES, INPUT_FILLERS
 from nncompress.config.validation import check_json_tree, validate_config
 from nncompress.errors import ConfigError, InvalidArgumentError, UnsupportedAlgorithmError
 
-PLANNED_ALGORITHMS: frozenset[str] = frozenset(
-    {"rb_sparsity", "filter_pruning", "knowledge_distillation"}
-)
+PLANNED_ALGORITHMS: frozenset[str] = frozenset()
 """NNCF 2.x algorithms nncompress means to build; the others get "not planned" in their error."""
 
-BUILT_ALGORITHMS: frozenset[str] = frozenset({"magnitude_sparsity", "const_sparsity", "quantization"})
+BUILT_ALGORITHMS: frozenset[str] = frozenset(
+    {"magnitude_sparsity", "const_sparsity", "quantization", "knowledge_distillation", "rb_sparsity",
+     "filter_pruning"}
+)
 """NNCF 2.x algorithm names nncompress implements; other known names raise
 :class:`~nncompress.errors.UnsupportedAlgorithmError`."""
 
