@@ -164,6 +164,7 @@ class _Custom(nn.Module):
         self.fn = fn
         self.c1, self.c2 = conv_bn(3, cout), nn.Conv2d(cout, 4, 1)
         self.gn = nn.GroupNorm(2, cout)
+        self.shifted_tanh, self.relu6 = nn.Hardtanh(0.5, 2.0), nn.ReLU6()
         self.register_buffer("shift", torch.randn(1, cout, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +187,14 @@ class _Custom(nn.Module):
             y = y + 1
         elif self.fn == "times_two":
             y = y * 2
+        elif self.fn == "hardtanh_module":  # hardtanh(0) = 0.5
+            y = self.shifted_tanh(y)
+        elif self.fn == "hardtanh_functional":  # bounds not in the capture
+            y = F.hardtanh(y, 0.5, 2.0)
+        elif self.fn == "relu6":  # nn.ReLU6 runs hardtanh(0, 6)
+            y = self.relu6(y)
+        elif self.fn == "alpha_dropout":  # training: a * 0 + b != 0
+            y = F.alpha_dropout(y, 0.5, True)
         elif self.fn == "mean_ambiguous":  # (2, 16, 16, 16) -> (2, 16): dims (2, 3) or (1, 2)?
             return self.c2(y.mean((2, 3))[:, :, None, None]).flatten(1)
         elif self.fn == "mean_keepdim":
@@ -197,7 +206,9 @@ class _Custom(nn.Module):
     ("fn", "cout", "reason"),
     [("sigmoid", 6, r"sigmoid_0 turns removed \(zero\) channels into non-zero"),
      ("group_norm", 6, "group_norm"), ("setitem", 6, r"_Custom writes into a tensor by index"), ("slice", 6, "getitem"), ("buffer", 6, "per-channel tensor outside"),
-     ("plus_one", 6, "add_0 turns removed"), ("add_sigmoid", 6, "sigmoid_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels")],
+     ("plus_one", 6, "add_0 turns removed"), ("add_sigmoid", 6, "sigmoid_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels"),
+     ("hardtanh_module", 6, "hardtanh_0 turns removed"), ("hardtanh_functional", 6, "hardtanh_0 turns removed"),
+     ("alpha_dropout", 6, "alpha_dropout_0 turns removed")],
 )
 def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> None:
     g = group_with(groups_of(_Custom(fn, cout)), "c1.0")
@@ -205,7 +216,7 @@ def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> No
     assert re.search(reason, g.reason), g.reason
 
 
-@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim", "mul_sigmoid"])
+@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim", "mul_sigmoid", "relu6"])
 def test_what_can_be_proven_is_prunable(fn: str) -> None:
     assert group_with(groups_of(_Custom(fn, 16)), "c1.0").prunable
 

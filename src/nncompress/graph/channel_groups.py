@@ -181,7 +181,8 @@ class GroupBuilder:
         self.handlers: dict[str, Handler] = {}
         table: list[tuple[frozenset[str], Handler]] = [
             (rules.CONVS | rules.CONV_TRANSPOSES, h.conv), (frozenset({"linear"}), h.linear),
-            (frozenset({"batch_norm"}), h.batch_norm), (rules.ZERO_PRESERVING_UNARY | rules.NONZERO_UNARY, h.unary),
+            (frozenset({"batch_norm"}), h.batch_norm),
+            (rules.ZERO_PRESERVING_UNARY | rules.NONZERO_UNARY | rules.HARDTANH, h.unary),
             (rules.SPATIAL, h.spatial), (rules.REDUCTIONS, h.reduction), (rules.RESHAPES, h.reshape),
             (rules.BINARY, h.binary), (rules.CONCAT, h.concat)]
         for ops, handler in table:

@@ -132,6 +132,10 @@ def unary(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
     if node.weights or b.shape(node, 0) != node.output_shapes[0]:
         b.refuse(x, f"{node.name} ({node.op}) reads a parameter or changes the shape")
         return None
+    if node.op in rules.HARDTANH:
+        module = b.modules.get(node.module)
+        keeps_zero = isinstance(module, nn.Hardtanh) and module.min_val <= 0.0 <= module.max_val
+        return x if keeps_zero else _nonzero(x, node.name)
     return _nonzero(x, node.name) if node.op in rules.NONZERO_UNARY else x
 
 

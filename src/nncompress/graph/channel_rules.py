@@ -17,16 +17,20 @@ Shape = tuple[int, ...]
 # Ops that apply the same function to every element: the channel layout passes through.
 # Zero stays zero through these (f(0) == 0), so removed (zeroed) channels stay zero.
 ZERO_PRESERVING_UNARY = frozenset({
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "gelu", "silu", "silu_",
+    "relu", "relu_", "relu6", "hardswish", "hardswish_", "gelu", "silu", "silu_",
     "elu", "elu_", "leaky_relu", "leaky_relu_", "selu", "selu_", "celu", "celu_", "mish", "tanh", "tanh_",
     "softsign", "tanhshrink", "hardshrink", "softshrink", "neg", "dropout", "dropout_", "dropout1d",
-    "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone",
-    "contiguous", "detach", "float", "to", "type_as",
+    "dropout2d", "dropout3d", "feature_dropout", "clone", "contiguous", "detach", "float", "to", "type_as",
 })  # fmt: skip
+# ``hardtanh(x, min_val, max_val)`` keeps zero only if ``min_val <= 0 <= max_val``; the bounds are
+# not in the capture, so it counts as zero-preserving only when an ``nn.Hardtanh`` module (ReLU6
+# among them) runs it with such bounds (see ``channel_handlers.unary``).
+HARDTANH = frozenset({"hardtanh", "hardtanh_"})
 # Elementwise but f(0) != 0 (or unknown bounds): channels keep their place, removed ones do not stay zero.
 NONZERO_UNARY = frozenset({
     "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "softplus", "exp", "exp_", "cos", "clamp", "clamp_",
     "clamp_min", "clamp_min_", "clamp_max", "clip", "logsigmoid",
+    "alpha_dropout", "feature_alpha_dropout",  # training: kept entries become a * x + b, so 0 -> b
 })  # fmt: skip
 # Ops over spatial dims only: the output keeps dims 0 and 1 (checked on shapes), zero stays zero.
 # (``pad`` is taken to fill with zeros, its default, or to reflect/replicate: a non-zero constant
