@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,8 @@ def test_state_round_trip_gives_the_same_loss() -> None:
         ctrl.loss().backward()
         opt.step()
     state = json.loads(json.dumps(ctrl.get_compression_state()))
-    assert state["ctrl_state"][KD] == {"scheduler_state": {"current_step": -1, "current_epoch": -1}, "loss_state": {}}
+    assert {k: v for k, v in state["ctrl_state"][KD].items() if k != "teacher_fingerprint"} == {
+        "scheduler_state": {"current_step": -1, "current_epoch": -1}, "loss_state": {}}
     ctrl2, model2 = nnc.create_compressed_model(copy.deepcopy(original), config(temperature=2.0),
                                                 compression_state=state)
     model2.load_state_dict(model.state_dict())
@@ -161,6 +163,26 @@ def test_state_round_trip_gives_the_same_loss() -> None:
     assert float(ctrl2.loss().detach()) == pytest.approx(float(ctrl.loss().detach()), rel=1e-6)
     with pytest.raises(nnc.errors.CompressionStateError):
         nnc.create_compressed_model(copy.deepcopy(original), config(temperature=3.0), compression_state=state)
+
+
+def test_resume_from_a_model_with_other_weights_warns_that_the_teacher_differs() -> None:
+    # The teacher is not in the checkpoint: resuming from a fresh (untrained) model would silently
+    # distil towards a random network.
+    ctrl, model, original = make()
+    state = json.loads(json.dumps(ctrl.get_compression_state()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnc.create_compressed_model(copy.deepcopy(original), config(), compression_state=state)
+    fresh = make(seed=1)[2]
+    with pytest.warns(UserWarning, match=r"teacher.*differ"):
+        _, student = nnc.create_compressed_model(fresh, config(), compression_state=state)
+    student.load_state_dict(model.state_dict())  # the checkpoint still loads
+    bad = copy.deepcopy(state)
+    bad["ctrl_state"][KD]["teacher_fingerprint"] = ["x", 1.0]
+    with pytest.raises(nnc.errors.CompressionStateError, match="teacher_fingerprint"):
+        nnc.create_compressed_model(copy.deepcopy(original), config(), compression_state=bad)
+    del bad["ctrl_state"][KD]["teacher_fingerprint"]  # a state written before the field existed
+    nnc.create_compressed_model(copy.deepcopy(original), config(), compression_state=bad)
 
 
 def test_composite_with_sparsity_and_quantization_sums_losses_and_teacher_is_uncompressed() -> None:

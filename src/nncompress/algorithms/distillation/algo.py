@@ -12,6 +12,9 @@ algorithm's loss. See ``docs/distillation.md``.
 from __future__ import annotations
 
 import copy
+import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +24,15 @@ from torch import nn
 from nncompress.api.compression import CompressionStage, StripFormat
 from nncompress.api.statistics import CompressionStatistics, format_table
 from nncompress.config import AlgorithmSection
-from nncompress.errors import ConfigError, InvalidArgumentError
+from nncompress.errors import CompressionStateError, ConfigError, InvalidArgumentError
 from nncompress.graph.layout import Priority, TransformationLayout
 from nncompress.torch.insertion import strip_runtime
 
 from ..base import BaseBuilder, BaseController
 from ..context import CompressionContext
+from ..state_fields import state_list
 from .loss import DEFAULT_SCALE, DEFAULT_TEMPERATURE, DistillationParams, KnowledgeDistillationLoss
-from .teacher import TeacherRunner, attach, make_teacher, remove_teacher_hooks
+from .teacher import TeacherRunner, attach, make_teacher, remove_teacher_hooks, teacher_fingerprint
 
 
 def distillation_params(section: dict[str, Any], json_path: str) -> DistillationParams:
@@ -167,6 +171,31 @@ class KnowledgeDistillationController(BaseController):
             None if value is None else float(value.detach()),
         ))
         return stats
+
+    # -- state: the teacher is not saved, only a fingerprint to recognise it on resume -------------
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"teacher_fingerprint": teacher_fingerprint(self.teacher)}
+
+    def _check_extra_state(self, state: Mapping[str, Any], where: str) -> None:
+        if "teacher_fingerprint" not in state:  # states written before the field existed
+            return
+        values = state_list(state, "teacher_fingerprint", where, length=2)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise CompressionStateError(f"{where}.teacher_fingerprint: expected two finite numbers, got {values!r}")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("teacher_fingerprint")
+        now = teacher_fingerprint(self.teacher)
+        if saved is not None and not all(math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6) for a, b in zip(saved, now)):
+            warnings.warn(
+                "knowledge_distillation: the teacher (a copy of the model given to create_compressed_model) "
+                f"has weights that differ from the teacher's when the state was saved (fingerprint {now} vs "
+                f"{saved}): the teacher is not in the checkpoint, so pass the original pretrained model when "
+                "resuming, or load its weights into ctrl.teacher; otherwise the student is distilled towards "
+                "these weights",
+                stacklevel=2,
+            )
 
     def strip_model(
         self, model: nn.Module, do_copy: bool = False, strip_format: StripFormat = StripFormat.NATIVE

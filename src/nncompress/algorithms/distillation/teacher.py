@@ -60,6 +60,25 @@ def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
+def teacher_fingerprint(teacher: nn.Module) -> list[float]:
+    """``[sum |w|, sum w**2]`` over the teacher's floating-point parameters and buffers (float64).
+
+    Saved in the compression state: the teacher itself is not, so a resume from a model with
+    other weights (a fresh, untrained one) can be told apart from a resume from the original.
+
+    :param teacher: the teacher.
+    :return: the two sums.
+    """
+    l1 = l2 = 0.0
+    with torch.no_grad():
+        for t in _tensors(teacher).values():
+            if t.is_floating_point():
+                w = t.detach().double()
+                l1 += float(w.abs().sum())
+                l2 += float(w.square().sum())
+    return [l1, l2]
+
+
 class TeacherRunner:
     """Forward hook of the student (``register_forward_hook(..., with_kwargs=True)``).
 
