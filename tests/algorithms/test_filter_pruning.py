@@ -117,6 +117,8 @@ def test_flops_target_is_met_within_two_points(target: float, all_weights: bool)
 def test_flops_target_beyond_reach_is_a_config_error() -> None:
     with pytest.raises(nnc.errors.ConfigError, match="pruning_flops_target.*at most"):
         compress({"pruning_flops_target": 0.9})  # only one group is prunable with NNCF's defaults
+    with pytest.raises(nnc.errors.ConfigError, match=r"pruning_init.*at most"):  # the level set at creation
+        compress({"pruning_flops_target": 0.05}, pruning_init=0.9)
 
 
 def levels_and_frozen(ctrl: FilterPruningController, epochs: int) -> list[tuple[float, bool]]:

@@ -73,12 +73,14 @@ class FilterPruningBuilder(BaseBuilder):
         if not chosen:
             warnings.warn(f"{self._section.json_path}: filter_pruning found no channel group to prune; "
                           "see ctrl.capture_report for the reasons", stacklevel=3)
-        if self.params.prune_flops:
+        if self.params.prune_flops:  # the schedule's levels lie between pruning_init and the target
             most = maximal_flops_level(self._costs, self._pruned, self.params.all_weights)
-            if self.params.target_level > most + 1e-9:
-                raise ConfigError(f"{self._section.json_path}.params.pruning_flops_target",
-                                  f"this model can lose at most {most:.4f} of its FLOPs by pruning the groups in "
-                                  "scope (one channel kept per group)", self.params.target_level)
+            for key, level in (("params.pruning_flops_target", self.params.target_level),
+                               ("pruning_init", self.params.pruning_init)):
+                if level > most + 1e-9:
+                    raise ConfigError(f"{self._section.json_path}.{key}",
+                                      f"this model can lose at most {most:.4f} of its FLOPs by pruning the groups "
+                                      "in scope (one channel kept per group)", level)
         return layout
 
     def build_controller(self, model: nn.Module) -> FilterPruningController:
