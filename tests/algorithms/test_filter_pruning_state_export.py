@@ -17,7 +17,7 @@ from torch import nn
 
 import nncompress as nnc
 from nncompress.demo.cnns import CifarResNet
-from nncompress.errors import CompressionStateError
+from nncompress.errors import CompressionStateError, InvalidArgumentError
 from nncompress.torch.runtime import get_runtime
 from tests.algorithms.test_filter_pruning import ALL, pruning_config, resnet
 
@@ -105,6 +105,12 @@ def test_strip_in_place_and_export_a_smaller_onnx(tmp_path: Path) -> None:
     np.testing.assert_allclose(run_onnx(tmp_path / "pruned.onnx", x), expected.numpy(), rtol=1e-4, atol=1e-4)
     stripped = ctrl.strip(do_copy=False)  # in place: the compressed model itself becomes the small one
     assert stripped is model and type(model) is CifarResNet and get_runtime(model) is None
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    # the controller's masks and groups no longer fit the model: a clear error, not a shape mismatch
+    for use in (ctrl.scheduler.epoch_step, lambda: setattr(ctrl, "compression_rate", 0.2),
+                lambda: ctrl.strip(do_copy=True), lambda: ctrl.export_model(str(tmp_path / "again.onnx"))):
+        with pytest.raises(InvalidArgumentError, match="stripped in place"):
+            use()
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -121,6 +121,7 @@ class FilterPruningController(BaseController):
         self.full_params = total_params(costs)
         self.prune_flops = params.prune_flops
         self.frozen = False
+        self._stripped = False  # strip(do_copy=False) cut the channels out of self.model
         self._level = 0.0
         self._scheduler = PruningScheduler(self, params)
         self.set_pruning_level(params.pruning_init)
@@ -161,12 +162,20 @@ class FilterPruningController(BaseController):
         """
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) <= 1.0:
             raise InvalidArgumentError(f"pruning level must be a number in [0, 1], got {level!r}")
+        self._check_not_stripped()
         if self.frozen:
             return
         keeps = self._keeps_for(float(level))
         for group, keep in zip(self.pruned_groups, keeps):
             group.set_keep(keep)
         self._level = float(level)
+
+    def _check_not_stripped(self) -> None:
+        if self._stripped:
+            raise InvalidArgumentError(
+                "the model was stripped in place (strip(do_copy=False)): its pruned channels are gone, so "
+                "filter_pruning can no longer set levels or strip it; use strip(do_copy=True) to keep training"
+            )
 
     def _keeps_for(self, level: float) -> list[torch.Tensor]:
         groups = self.pruned_groups
@@ -272,9 +281,11 @@ class FilterPruningController(BaseController):
         :param strip_format: passed to the other inserted modules' strip (masks are baked in any format).
         :return: the stripped model.
         """
+        self._check_not_stripped()
         keep = {g.index: g.keep().detach().cpu().clone() for g in self.pruned_groups}
         if do_copy:
             model = copy.deepcopy(model)
+        self._stripped = model is self.model
         model = strip_runtime(model, strip_format, groups={self.name})
         cut = [g.group for g in self.pruned_groups if not bool(keep[g.index].all())]
         if cut:
