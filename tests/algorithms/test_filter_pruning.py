@@ -222,6 +222,16 @@ def test_all_weights_flops_maximum_respects_the_quota() -> None:
     assert all(int((~g.keep()).sum()) <= int(0.9 * g.channels) for g in ctrl.pruned_groups)
 
 
+@pytest.mark.parametrize("all_weights", [False, True])
+def test_flops_target_with_nncf_default_flags(all_weights: bool) -> None:
+    # the stem and strided groups are skipped: the pruned groups' indices (1, 2, 5) are not their positions
+    ctrl, _ = compress({"pruning_flops_target": 0.3, "all_weights": all_weights}, resnet(blocks=2), pruning_init=0.3)
+    assert [g.index for g in ctrl.pruned_groups] == [1, 2, 5]
+    assert ctrl.compression_rate == pytest.approx(0.3, abs=0.02)
+    if all_weights:
+        assert all(int((~g.keep()).sum()) <= int(0.9 * g.channels) for g in ctrl.pruned_groups)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda() -> None:
     model = resnet().cuda()

@@ -184,10 +184,13 @@ class FilterPruningController(BaseController):
             imps = [self._importance(g, normalize=True) for g in groups]
             if not self.prune_flops:
                 return fi.global_keep_masks(imps, level)
-            _, gone = levels.global_counts_for_flops(channels, fi.global_order(imps), self._removed, level)
+            # global_order numbers the groups by position; counts and FLOPs use group indices
+            order = [(groups[i].index, c) for i, c in fi.global_order(imps)]
+            _, gone = levels.global_counts_for_flops(channels, order, self._removed, level)
+            position = {g.index: i for i, g in enumerate(groups)}
             keeps = [torch.ones(g.channels, dtype=torch.bool) for g in groups]
-            for i, c in gone:
-                keeps[i][c] = False
+            for index, c in gone:
+                keeps[position[index]][c] = False
             return keeps
         if self.prune_flops:
             counts = levels.uniform_counts_for_flops(channels, self._removed, level)
