@@ -26,8 +26,8 @@ CONFIG = Path(__file__).parent / "configs" / "digits_filter_pruning.json"
 
 
 def digits_resnet() -> CifarResNet:
-    """Stem conv 16, a 16-channel block, a strided 32-channel block with a 1x1 downsample conv."""
-    return CifarResNet(num_classes=10, widths=(16, 32), blocks=1, in_channels=1)
+    """Stem conv 16, a 16-channel block, strided 32- and 64-channel blocks with 1x1 downsample convs."""
+    return CifarResNet(num_classes=10, widths=(16, 32, 64), blocks=1, in_channels=1)
 
 
 def main(out_dir: str) -> None:

@@ -18,7 +18,7 @@ from nncompress.errors import InvalidArgumentError
 from nncompress.functional.importance import filter_importance, pruned_count
 from nncompress.torch.runtime import get_runtime
 
-ALL = {"prune_first_conv": True, "prune_downsample_convs": True}
+ALL = {"prune_first_conv": True, "prune_downsample_convs": True, "channel_multiple": 1}
 
 
 def resnet(seed: int = 0, widths: tuple[int, ...] = (16, 32), blocks: int = 1) -> CifarResNet:
@@ -35,8 +35,11 @@ def resnet(seed: int = 0, widths: tuple[int, ...] = (16, 32), blocks: int = 1) -
 
 
 def pruning_config(params: dict[str, Any] | None = None, **section: Any) -> nnc.CompressionConfig:
+    """A filter_pruning config; exact channel counts (``channel_multiple`` 1) unless ``params`` say otherwise:
+    these nets are too narrow for the default multiple of 16."""
+    params = {"channel_multiple": 1, **(params or {})}
     return nnc.CompressionConfig.from_dict({"input_info": {"sample_size": [2, 1, 8, 8]},
-                                            "compression": {"algorithm": "filter_pruning", "params": params or {},
+                                            "compression": {"algorithm": "filter_pruning", "params": params,
                                                             **section}})
 
 

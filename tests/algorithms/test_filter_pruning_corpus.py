@@ -37,7 +37,7 @@ def test_corpus_config_builds_and_prunes(path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     config = nnc.CompressionConfig.from_dict(small(raw))
     torch.manual_seed(0)
-    model = CifarResNet(num_classes=10, widths=(16, 32), blocks=1, in_channels=3)
+    model = CifarResNet(num_classes=10, widths=(32, 64), blocks=1, in_channels=3)  # wide enough for multiples of 16
     sections = config.algorithm_sections()
     if any(s.algorithm not in BUILDERS for s in sections):
         pytest.skip(f"needs {[s.algorithm for s in sections if s.algorithm not in BUILDERS]}")

@@ -24,7 +24,7 @@ from tests.models.conftest import Loaders
 CONFIG = {
     "input_info": {"sample_size": [1, 1, 8, 8]},
     "compression": {"algorithm": "filter_pruning",
-                    "params": {"schedule": "baseline", "pruning_flops_target": 0.4, "prune_first_conv": True,
+                    "params": {"schedule": "baseline", "pruning_flops_target": 0.4, "prune_first_conv": True, "channel_multiple": 1,
                                "prune_downsample_convs": True}},
 }
 FINE_TUNE_EPOCHS = 4

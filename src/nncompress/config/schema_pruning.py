@@ -56,6 +56,12 @@ FILTER_PRUNING_SCHEMA = algorithm_section(
                 "prune_first_conv": boolean("Also prune the first convolutions of the model."),
                 "prune_downsample_convs": boolean("Also prune convolutions with stride > 1."),
                 "prune_batch_norms": boolean("Also prune the BatchNorms after pruned convolutions."),
+                "channel_multiple": integer(
+                    "nncompress: channels kept per group are rounded up to a multiple of this (default 16, "
+                    "the block width of onnxruntime's fast CPU convolutions; NNCF 2.x rounded to 8); 1 keeps "
+                    "exact counts.",
+                    minimum=1,
+                ),
                 "zero_grad": boolean("Zero the gradients of pruned filters during training (default true; "
                                      "false lets them keep learning, so they may come back)."),
                 "legr_params": _LEGR_PARAMS,

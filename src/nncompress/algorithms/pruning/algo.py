@@ -74,13 +74,15 @@ class FilterPruningBuilder(BaseBuilder):
             warnings.warn(f"{self._section.json_path}: filter_pruning found no channel group to prune; "
                           "see ctrl.capture_report for the reasons", stacklevel=3)
         if self.params.prune_flops:  # the schedule's levels lie between pruning_init and the target
-            most = maximal_flops_level(self._costs, self._pruned, self.params.all_weights)
+            most = maximal_flops_level(self._costs, self._pruned, self.params.all_weights,
+                                       self.params.channel_multiple)
             for key, level in (("params.pruning_flops_target", self.params.target_level),
                                ("pruning_init", self.params.pruning_init)):
                 if level > most + 1e-9:
                     raise ConfigError(f"{self._section.json_path}.{key}",
                                       f"this model can lose at most {most:.4f} of its FLOPs by pruning the groups "
-                                      "in scope (one channel kept per group)", level)
+                                      f"in scope (each keeping {self.params.channel_multiple} channel(s) at least: "
+                                      "channel_multiple)", level)
         return layout
 
     def build_controller(self, model: nn.Module) -> FilterPruningController:
@@ -89,11 +91,14 @@ class FilterPruningBuilder(BaseBuilder):
                                        self.params)
 
 
-def maximal_flops_level(costs: list[LayerCost], pruned: list[PrunedGroup], all_weights: bool = False) -> float:
-    """Share of the FLOPs removed when every pruned group keeps one channel (with ``all_weights``:
-    loses NNCF's quota of 90% of its channels, rounded down)."""
+def maximal_flops_level(costs: list[LayerCost], pruned: list[PrunedGroup], all_weights: bool = False,
+                        multiple: int = 1) -> float:
+    """Share of the FLOPs removed when every pruned group keeps the fewest channels it can: one
+    ``multiple`` (with ``all_weights``: it loses NNCF's quota of 90% of its channels, rounded down,
+    then the kept channels are rounded up to a multiple)."""
     full = total_flops(costs)
-    kept = {g.index: g.channels - levels.quota(g.channels) if all_weights else 1 for g in pruned}
+    kept = {g.index: g.channels - levels.rounded_pruned(g.channels, levels.quota(g.channels), multiple) if all_weights
+            else levels.min_kept(g.channels, multiple) for g in pruned}
     return 1.0 - total_flops(costs, kept) / full if full else 0.0
 
 
@@ -180,22 +185,23 @@ class FilterPruningController(BaseController):
     def _keeps_for(self, level: float) -> list[torch.Tensor]:
         groups = self.pruned_groups
         channels = {g.index: g.channels for g in groups}
+        multiple = self.params.channel_multiple
         if self.params.all_weights:
             imps = [self._importance(g, normalize=True) for g in groups]
             if not self.prune_flops:
-                return fi.global_keep_masks(imps, level)
-            # global_order numbers the groups by position; counts and FLOPs use group indices
+                return levels.round_keeps(fi.global_keep_masks(imps, level), imps, multiple)
+            # the ranking gives positions in `groups`; counts and FLOPs go by group index
             order = [(groups[i].index, c) for i, c in fi.global_order(imps)]
-            _, gone = levels.global_counts_for_flops(channels, order, self._removed, level)
+            _, gone = levels.global_counts_for_flops(channels, order, self._removed, level, multiple)
             position = {g.index: i for i, g in enumerate(groups)}
             keeps = [torch.ones(g.channels, dtype=torch.bool) for g in groups]
             for index, c in gone:
                 keeps[position[index]][c] = False
             return keeps
         if self.prune_flops:
-            counts = levels.uniform_counts_for_flops(channels, self._removed, level)
+            counts = levels.uniform_counts_for_flops(channels, self._removed, level, multiple)
         else:
-            counts = levels.uniform_counts(channels, level)
+            counts = levels.uniform_counts(channels, level, multiple)
         return [fi.keep_lowest_pruned(self._importance(g, normalize=False), counts[g.index]) for g in groups]
 
     def freeze(self, freeze: bool = True) -> None:
@@ -227,7 +233,8 @@ class FilterPruningController(BaseController):
     @property
     def maximal_compression_rate(self) -> float:
         """With ``pruning_flops_target``: the FLOPs share removed with every group pruned as far as allowed; else 1."""
-        return (maximal_flops_level(self._costs, self.pruned_groups, self.params.all_weights) if self.prune_flops
+        return (maximal_flops_level(self._costs, self.pruned_groups, self.params.all_weights,
+                                    self.params.channel_multiple) if self.prune_flops
                 else 1.0)
 
     def compression_stage(self) -> CompressionStage:

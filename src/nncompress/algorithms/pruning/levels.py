@@ -14,12 +14,20 @@ importance order, at most 90% of a group, until the FLOPs are below the target)
 NNCF stops at the first state at or past the target and rounds kept filters up to a multiple of
 8 per group; on narrow networks that overshoots or undershoots by many percent (a 40% target
 removed 24.6% of a small ResNet's FLOPs with NNCF 2.19).
+
+Kept channels are rounded up to a multiple of ``multiple`` (``channel_multiple``, default 16:
+onnxruntime's CPU convolutions work in blocks of 16 channels) *inside* the searches, so the
+closest reachable state is still chosen: the step from one state to the next removes one
+multiple from one group (the first step of a group whose width is not a multiple goes down to
+the largest multiple below it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+
+import torch
 
 from nncompress.errors import InvalidArgumentError
 from nncompress.functional.importance import pruned_count
@@ -36,9 +44,32 @@ def quota(channels: int) -> int:
     return min(math.floor(channels * NNCF_PRUNING_QUOTA), channels - 1)
 
 
-def uniform_counts(channels: Mapping[int, int], level: float) -> Counts:
-    """The same level in every group: :func:`~nncompress.functional.importance.pruned_count` each."""
-    return {g: pruned_count(c, level) for g, c in channels.items()}
+def rounded_pruned(channels: int, pruned: int, multiple: int) -> int:
+    """``pruned`` lowered so that the channels kept are a multiple of ``multiple`` (or all of them).
+
+    >>> rounded_pruned(64, 20, 16), rounded_pruned(24, 10, 16), rounded_pruned(16, 8, 16), rounded_pruned(10, 3, 1)
+    (16, 8, 0, 3)
+    """
+    kept = min(channels, math.ceil((channels - pruned) / multiple) * multiple)
+    return channels - kept
+
+
+def next_pruned(channels: int, pruned: int, multiple: int) -> int | None:
+    """The next larger allowed pruned count of a group (one multiple fewer kept), ``None`` at the floor."""
+    kept = channels - pruned
+    fewer = (kept - 1) // multiple * multiple if multiple > 1 else kept - 1
+    return channels - fewer if fewer >= 1 else None
+
+
+def min_kept(channels: int, multiple: int) -> int:
+    """The fewest channels a group can keep: one multiple (all of them if it is not wider than that)."""
+    return channels if channels <= multiple else multiple
+
+
+def uniform_counts(channels: Mapping[int, int], level: float, multiple: int = 1) -> Counts:
+    """The same level in every group: :func:`~nncompress.functional.importance.pruned_count` each,
+    kept channels rounded up to a multiple of ``multiple``."""
+    return {g: rounded_pruned(c, pruned_count(c, level), multiple) for g, c in channels.items()}
 
 
 def _closest(before: Counts, after: Counts, removed: Removed, target: float) -> Counts:
@@ -53,49 +84,73 @@ def _unreachable(target: float, most: float) -> InvalidArgumentError:
     )
 
 
-def uniform_counts_for_flops(channels: Mapping[int, int], removed: Removed, target: float) -> Counts:
+def uniform_counts_for_flops(channels: Mapping[int, int], removed: Removed, target: float,
+                             multiple: int = 1) -> Counts:
     """Counts of a near-uniform level whose removed FLOPs share is closest to ``target``.
 
     :param channels: channels per pruned group.
     :param removed: share of the FLOPs removed by counts.
     :param target: the share of FLOPs to remove, in ``[0, 1]``.
+    :param multiple: kept channels are a multiple of this (or the whole group).
     :return: the counts.
     :raises InvalidArgumentError: if the target is beyond what the groups can remove.
     """
     if target <= 0:
         return {g: 0 for g in channels}
-    top = uniform_counts(channels, 1.0)
+    top = uniform_counts(channels, 1.0, multiple)
     if removed(top) < target - 1e-12:
         raise _unreachable(target, removed(top))
     lo, hi = 0.0, 1.0  # removed(lo) < target <= removed(hi)
     for _ in range(60):
         mid = (lo + hi) / 2
-        if removed(uniform_counts(channels, mid)) >= target:
+        if removed(uniform_counts(channels, mid, multiple)) >= target:
             hi = mid
         else:
             lo = mid
-    before, after = uniform_counts(channels, lo), uniform_counts(channels, hi)
-    # channels that go between the two levels, one at a time (smallest FLOPs step first)
-    state = dict(before)
+    before, after = uniform_counts(channels, lo, multiple), uniform_counts(channels, hi, multiple)
+    # channels that go between the two levels, one step (one multiple) at a time, smallest FLOPs step first
+    near = _steps_to_target(channels, before, removed, target, multiple, limit=after)
+    if multiple == 1 or abs(removed(near) - target) <= FLOPS_TOLERANCE:
+        return near  # single channels: within one channel's FLOPs of the target
+    # coarse steps (wide multiples, few groups): uniform levels jump past the target; let the groups
+    # differ, taking the smallest FLOPs step of any group each time
+    free = _steps_to_target(channels, before, removed, target, multiple, limit=None)
+    return near if abs(removed(near) - target) <= abs(removed(free) - target) else free
+
+
+FLOPS_TOLERANCE = 0.01
+"""How far from a FLOPs target the near-uniform search may land before groups are allowed to differ."""
+
+
+def _steps_to_target(channels: Mapping[int, int], start: Counts, removed: Removed, target: float, multiple: int,
+                     limit: Mapping[int, int] | None) -> Counts:
+    """From ``start``, take one group's next step at a time (smallest FLOPs step first; groups only up
+    to ``limit`` if given) until the target is crossed; the closer of the last two states."""
+    state = dict(start)
     while True:
-        steps = [g for g in channels if state[g] < after[g]]
+        steps = {g: {**state, g: nxt} for g in channels
+                 if (nxt := next_pruned(channels[g], state[g], multiple)) is not None
+                 and (limit is None or nxt <= limit[g])}
         if not steps:
-            return _closest(before, state, removed, target)
-        g = min(steps, key=lambda g: (removed({**state, g: state[g] + 1}), g))
-        nxt = {**state, g: state[g] + 1}
-        if removed(nxt) >= target:
-            return _closest(state, nxt, removed, target)
-        state = nxt
+            return _closest(start, state, removed, target) if removed(state) < target else state
+        g = min(steps, key=lambda g: (removed(steps[g]), g))
+        if removed(steps[g]) >= target:
+            return _closest(state, steps[g], removed, target)
+        state = steps[g]
 
 
 def global_counts_for_flops(channels: Mapping[int, int], order: Sequence[tuple[int, int]], removed: Removed,
-                            target: float) -> tuple[Counts, list[tuple[int, int]]]:
+                            target: float, multiple: int = 1) -> tuple[Counts, list[tuple[int, int]]]:
     """Remove filters in global importance ``order`` until the removed FLOPs share is closest to ``target``.
+
+    A group's filters count as removed once a whole ``multiple`` of them is reached in the order
+    (kept channels rounded up to a multiple), so the state changes by whole multiples.
 
     :param channels: channels per pruned group.
     :param order: ``(group, channel)`` pairs, least important first.
     :param removed: share of the FLOPs removed by counts.
     :param target: the share of FLOPs to remove.
+    :param multiple: kept channels are a multiple of this (or the whole group).
     :return: the counts and the removed ``(group, channel)`` pairs.
     :raises InvalidArgumentError: if the target is beyond what the quota allows.
     """
@@ -111,7 +166,7 @@ def global_counts_for_flops(channels: Mapping[int, int], order: Sequence[tuple[i
         out = dict.fromkeys(channels, 0)
         for g, _ in sequence[:prefix]:
             out[g] += 1
-        return out
+        return {g: rounded_pruned(channels[g], n, multiple) for g, n in out.items()}
 
     if target <= 0:
         return counts(0), []
@@ -125,5 +180,32 @@ def global_counts_for_flops(channels: Mapping[int, int], order: Sequence[tuple[i
         else:
             lo = mid
     best = _closest(counts(lo), counts(hi), removed, target)
-    prefix = lo if best == counts(lo) and best != counts(hi) else hi
-    return best, sequence[:prefix]
+    left = dict(best)  # each group's first best[g] filters in the order go
+    gone = []
+    for g, c in sequence:
+        if left[g] > 0:
+            left[g] -= 1
+            gone.append((g, c))
+    return best, gone
+
+
+def round_keeps(keeps: Sequence[torch.Tensor], importances: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:
+    """Keep masks with the kept channels of each group rounded up to a multiple: the most important
+    removed channels come back first.
+
+    :param keeps: one bool keep mask per group.
+    :param importances: the groups' 1-D importances.
+    :param multiple: kept channels are a multiple of this (or the whole group).
+    :return: new masks.
+    """
+    out = []
+    for keep, imp in zip(keeps, importances):
+        pruned = int((~keep).sum())
+        back = pruned - rounded_pruned(keep.numel(), pruned, multiple)
+        keep = keep.clone()
+        removed_idx = torch.nonzero(~keep).flatten()
+        if back > 0 and removed_idx.numel():
+            order = torch.argsort(imp[removed_idx].double(), descending=True, stable=True)
+            keep[removed_idx[order[:back]]] = True
+        out.append(keep)
+    return out

@@ -12,7 +12,12 @@ from nncompress.functional import pruning_schedules as fps
 
 _PARAM_KEYS = ("schedule", "pruning_target", "pruning_flops_target", "pruning_steps", "num_init_steps",
                "filter_importance", "interlayer_ranking_type", "all_weights", "prune_first_conv",
-               "prune_downsample_convs", "prune_batch_norms", "zero_grad")
+               "prune_downsample_convs", "prune_batch_norms", "zero_grad", "channel_multiple")
+
+DEFAULT_CHANNEL_MULTIPLE = 16
+"""Kept channels are rounded up to a multiple of 16 by default: onnxruntime's CPU convolutions run
+in blocks of 16 channels (AVX-512), and a pruned ResNet with other widths ran *slower* than the dense
+one in ``benchmarks/pruning.py`` (NNCF 2.x rounded to 8, for OpenVINO)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class FilterPruningParams:
     :param prune_downsample_convs: also prune groups produced by a convolution with stride > 1.
     :param prune_batch_norms: mask the BatchNorm channels that follow pruned filters too.
     :param zero_grad: pruned filters get zero gradients (``False``: the gradient passes the mask).
+    :param channel_multiple: channels kept per group are rounded up to a multiple of this (a group
+        of at most this many channels is not pruned); 1 keeps the exact count a level gives.
     """
 
     pruning_init: float = fps.DEFAULT_PRUNING_INIT
@@ -47,6 +54,7 @@ class FilterPruningParams:
     prune_downsample_convs: bool = False
     prune_batch_norms: bool = True
     zero_grad: bool = True
+    channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE
 
     @property
     def prune_flops(self) -> bool:
@@ -87,7 +95,7 @@ class FilterPruningParams:
             if key in params:
                 warnings.warn(f"{where}.{key} applies to learned_ranking only and is ignored", stacklevel=2)
         values = {k: params[k] for k in _PARAM_KEYS if k in params}
-        for key in ("pruning_steps", "num_init_steps"):
+        for key in ("pruning_steps", "num_init_steps", "channel_multiple"):
             if key in values:
                 values[key] = int(values[key])
         result = cls(pruning_init=float(section.section.get("pruning_init", fps.DEFAULT_PRUNING_INIT)), **values)

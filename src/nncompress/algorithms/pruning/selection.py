@@ -46,6 +46,9 @@ def skip_reason(group: ChannelGroup, graph: CapturedGraph, model: nn.Module, sec
         return "a convolution of the group has stride > 1 (prune_downsample_convs is false)"
     if group.channels < 2:
         return "a single channel (at least one is always kept)"
+    if group.channels <= params.channel_multiple:
+        return (f"{group.channels} channels: kept channels are a multiple of channel_multiple "
+                f"({params.channel_multiple}), which leaves none to remove")
     return _scope_reason(group, graph, section) or misfit_reason(group, model, graph)
 
 
