@@ -191,9 +191,11 @@ def test_bad_settings(cnn: ResidualCNN, section: dict, match: str) -> None:
     _untouched(cnn)
 
 
-def test_precision_init_is_not_supported(cnn: ResidualCNN) -> None:
-    with pytest.raises(UnsupportedAlgorithmError, match="hawq"):
-        nnc.create_compressed_model(cnn, _config(initializer={"precision": {"type": "hawq"}}))
+def test_autoq_precision_init_is_not_supported(cnn: ResidualCNN) -> None:
+    # HAWQ and manual mixed precision: tests/algorithms/test_mixed_precision*.py
+    with pytest.raises(UnsupportedAlgorithmError, match=r"initializer\.precision\.type: 'autoq'"):
+        nnc.create_compressed_model(cnn, _config(initializer={"precision": {"type": "autoq"}}))
+    _untouched(cnn)
 
 
 def test_range_init_needs_data(cnn: ResidualCNN) -> None:

@@ -19,6 +19,8 @@ onnxruntime fuses into QLinearConv / QLinearMatMul.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -26,7 +28,8 @@ from torch import nn
 from nncompress.api.compression import CompressionStage, StripFormat
 from nncompress.api.statistics import CompressionStatistics
 from nncompress.config import AlgorithmSection
-from nncompress.errors import InitDataError
+from nncompress.errors import CompressionStateError, InitDataError
+from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import InsertionCommand, Priority, TargetType, TransformationLayout
 from nncompress.torch.bn_folding import fold_batchnorms
 from nncompress.torch.bn_modes import batch_statistics
@@ -34,8 +37,11 @@ from nncompress.torch.calibration import forward_batches
 from nncompress.torch.runtime import get_runtime
 
 from ..base import BaseBuilder, BaseController
-from .params import QuantizationParams
-from .placement import PlacementRules, QuantizerPlacement, place_quantizers
+from ..state_fields import state_field, state_mapping
+from .hawq import HawqChoice, choose_hawq_bits
+from .params import MAX_BITS, MIN_BITS, QuantizationParams
+from .placement import PlacementRules, QuantizerPlacement, feeds_inplace_op, place_quantizers
+from .precision import manual_bits, quantizer_ids, ratio_of, report_bits
 from .quantizers import FakeQuantizer, NativeFakeQuantize
 from .scheduler import DEFAULT_START_EPOCH, QuantizationScheduler
 from .statistics import QuantizationStatistics
@@ -55,18 +61,24 @@ class QuantizationBuilder(BaseBuilder):
         self._quantizers: list[FakeQuantizer] = []
         self.placements: list[QuantizerPlacement] = []
         self.weight_of: dict[int, str] = {}  # id of a weight quantizer -> qualified name of its weight
+        self.precision: dict[str, int] | None = None  # mixed precision: NNCF quantizer id -> bits
+        self.hawq: HawqChoice | None = None
+        self.precision_ratio: float | None = None
 
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
         graph = self._context.graph_for(model)
         placements, self.report = place_quantizers(graph, self._section, self.params, self.rules)
+        placements = self._with_precision(model, graph, placements)
         self.placements = placements
         owner_only = graph.owner_only_weights()
+        consumers = graph.consumers()
         layout = TransformationLayout()
         self._quantizers = []
         self.weight_of = {}
         for p in placements:
             name = p.point.target if p.point.target_type is not TargetType.WEIGHT else p.consumers[0]
             q = FakeQuantizer(p.params, name, p.group, p.channel_axis, p.num_channels)
+            q.copy_output = feeds_inplace_op(graph, p, consumers)
             q.set_lr_multiplier(self.params.lr_multiplier)
             weight_name = f"{p.point.target}.{p.point.param}".lstrip(".")
             # embedding tables go through the hook mode, which quantizes only the rows looked up
@@ -77,6 +89,52 @@ class QuantizationBuilder(BaseBuilder):
             if p.point.target_type is TargetType.WEIGHT:
                 self.weight_of[id(q)] = weight_name
         return layout
+
+    def _with_precision(self, model: nn.Module, graph: CapturedGraph,
+                        placements: list[QuantizerPlacement]) -> list[QuantizerPlacement]:
+        """The placements at the bits ``initializer.precision`` gives: saved in a resumed state,
+        from ``bitwidth_per_scope`` (manual) or chosen by HAWQ on ``init_data``."""
+        precision = self.params.precision
+        if precision is None:
+            return placements
+        ids = [q.id for q in quantizer_ids(graph, placements)]
+        saved = self._loaded_state.get("precision") if self._loaded_state is not None else None
+        if saved is not None:
+            bits = _saved_bits(saved["bits"], ids, f"builder_state.{self.algorithm}.precision.bits")
+        elif precision.type == "manual":
+            chosen = manual_bits(precision, quantizer_ids(graph, placements))
+            bits = [chosen.get(i, p.params.bits) for i, p in enumerate(placements)]
+        else:
+            self.hawq = choose_hawq_bits(model, graph, placements, self.params, precision, self._context.init_data)
+            bits = self.hawq.bits
+        self.precision = dict(zip(ids, bits))
+        placements = [p if b == p.params.bits else replace(p, params=self.params.with_bits(p.params, p.group, b))
+                      for p, b in zip(placements, bits)]
+        self.precision_ratio = ratio_of(graph, placements)
+        report_bits(self.report, graph, placements)
+        return placements
+
+    def _extra_state(self) -> dict[str, Any]:
+        if self.precision is None:
+            return {}
+        return {"precision": {"type": self.params.precision.type if self.params.precision else "manual",
+                              "bits": dict(self.precision)}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Resume from a saved builder state; with ``initializer.precision`` the saved bits are
+        used as they are (HAWQ does not run again).
+
+        :raises CompressionStateError: for another config, or a missing or bad ``precision`` entry.
+        """
+        if self.params.precision is not None:
+            where = f"builder_state.{self.algorithm}"
+            entry = state_mapping(state_field(state, "precision", where), f"{where}.precision")
+            bits = state_mapping(state_field(entry, "bits", f"{where}.precision"), f"{where}.precision.bits")
+            for key, value in bits.items():
+                if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+                    raise CompressionStateError(f"{where}.precision.bits[{key!r}]: expected bits {MIN_BITS}..{MAX_BITS}, "
+                                                f"got {value!r}")
+        super().load_state(state)
 
     def build_controller(self, model: nn.Module) -> QuantizationController:
         """:return: the controller (staged scheduler when ``params`` sets start epochs)."""
@@ -160,6 +218,9 @@ class QuantizationController(BaseController):
         super().__init__(model, builder)
         self.quantizers = quantizers
         self.params = params
+        self.precision_ids = list(builder.precision) if builder.precision is not None else None
+        self.precision_ratio = builder.precision_ratio
+        self.hawq = builder.hawq  # HAWQ's traces, noise and choice (None when not run now)
         staged = "params" in builder.section.section
         default = DEFAULT_START_EPOCH if staged else 0
         w_start, a_start = params.weights_quant_start_epoch, params.activations_quant_start_epoch
@@ -190,7 +251,7 @@ class QuantizationController(BaseController):
     def statistics(self, quickly_collected_only: bool = False) -> CompressionStatistics:
         """Quantizer counts and shares, placement and bit widths."""
         stats = QuantizationStatistics.of(self.quantizers, len(self.capture_report.compressed),
-                                          len(self.capture_report.rows))
+                                          len(self.capture_report.rows), self.precision_ids, self.precision_ratio)
         result = CompressionStatistics()
         result.register(self.name, stats)
         return result
@@ -208,3 +269,15 @@ class QuantizationController(BaseController):
             native = group._modules.get("weight:" + f"{pair.conv}.weight".lstrip(".").replace(".", "/"))
             if isinstance(native, NativeFakeQuantize):
                 native.set_channel_scale(pair.factor)
+
+
+def _saved_bits(saved: Mapping[str, int], ids: list[str], where: str) -> list[int]:
+    """The saved bit of every quantizer id, in placement order.
+
+    :raises CompressionStateError: when the saved ids are not this model's quantizers.
+    """
+    if set(saved) != set(ids):
+        differ = sorted(set(saved) ^ set(ids))[:3]
+        raise CompressionStateError(f"{where}: the compression_state was saved for a model with other quantizers "
+                                    f"({len(saved)} saved, {len(ids)} now; differing, e.g.: {differ})")
+    return [int(saved[i]) for i in ids]

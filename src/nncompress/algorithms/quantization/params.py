@@ -80,6 +80,96 @@ class RangeInitParams:
         return self.type
 
 
+PRECISION_TYPES = ("manual", "hawq", "autoq")
+DEFAULT_BITS = (2, 4, 8)
+DEFAULT_NUM_DATA_POINTS = 100
+DEFAULT_ITER_NUMBER = 200
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_COMPRESSION_RATIO = 1.5
+ASSIGNMENT_MODES = ("liberal", "strict")
+
+
+@dataclass(frozen=True)
+class PrecisionParams:
+    """``initializer.precision``, typed, with NNCF 2.x's defaults.
+
+    :param type: ``manual`` or ``hawq`` (``autoq`` is refused when parsing).
+    :param json_path: where the section is, for messages.
+    :param bits: HAWQ's bit widths to choose from.
+    :param bitwidth_per_scope: ``(bits, scope)`` pairs (manual).
+    :param num_data_points: HAWQ: samples of ``init_data`` the Hessian traces are estimated on.
+    :param iter_number: HAWQ: most Hutchinson draws.
+    :param tolerance: HAWQ: relative change of the total trace that stops the draws.
+    :param compression_ratio: HAWQ: bit complexity of INT8 over the mixed model, at least.
+    :param assignment_mode: ``liberal`` or ``strict`` (activation bits, see :func:`~.precision.tie_activation_bits`).
+    :param dump: ``dump_init_precision_data``: log HAWQ's traces and candidates.
+    """
+
+    type: str
+    json_path: str
+    bits: tuple[int, ...] = DEFAULT_BITS
+    bitwidth_per_scope: tuple[tuple[int, str], ...] = ()
+    num_data_points: int = DEFAULT_NUM_DATA_POINTS
+    iter_number: int = DEFAULT_ITER_NUMBER
+    tolerance: float = DEFAULT_TOLERANCE
+    compression_ratio: float = DEFAULT_COMPRESSION_RATIO
+    assignment_mode: str = "liberal"
+    dump: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], json_path: str, min_bits: int, max_bits: int) -> PrecisionParams:
+        """Read a schema-validated ``initializer.precision`` object and check what the schema cannot.
+
+        :raises UnsupportedAlgorithmError: for ``"type": "autoq"``.
+        :raises ConfigError: for bits outside ``min_bits..max_bits``, non-positive counts or ratio,
+            ``traces_per_layer_path``, or ``bitwidth_per_scope`` with ``"type": "hawq"``.
+        """
+        kind = cfg.get("type", "manual")
+        if kind == "autoq":
+            raise UnsupportedAlgorithmError(
+                f"{json_path}.type",
+                "'autoq' mixed-precision initialization is not supported by nncompress (it is not planned: "
+                "AutoQ trains a reinforcement-learning agent (DDPG) that evaluates hundreds of candidate models "
+                "with a user callback). Use \"type\": \"hawq\" with \"bits\" and a \"compression_ratio\" (HAWQ's "
+                "ratio is INT8 bit complexity over the mixed model's, not AutoQ's size relative to FP32), or "
+                "\"manual\" with \"bitwidth_per_scope\"",
+                kind,
+            )
+        bits = tuple(cfg.get("bits", DEFAULT_BITS))
+        for i, b in enumerate(bits):
+            _check(f"{json_path}.bits[{i}]", b, min_bits <= b <= max_bits, f"{min_bits}..{max_bits}")
+        _check(f"{json_path}.bits", list(bits), bool(bits), "a non-empty list of bit widths")
+        pairs = tuple((int(b), str(s)) for b, s in cfg.get("bitwidth_per_scope", []))
+        for i, (b, _) in enumerate(pairs):
+            _check(f"{json_path}.bitwidth_per_scope[{i}][0]", b, min_bits <= b <= max_bits, f"{min_bits}..{max_bits}")
+        if "traces_per_layer_path" in cfg:
+            raise ConfigError(f"{json_path}.traces_per_layer_path", "loading Hessian traces from a file is not "
+                              "supported (nothing is unpickled); remove the key: traces are estimated on init_data",
+                              cfg["traces_per_layer_path"])
+        if kind == "hawq" and pairs:
+            raise ConfigError(f"{json_path}.bitwidth_per_scope", "is for \"type\": \"manual\"; HAWQ chooses the "
+                              "bits itself. Remove it or set \"type\": \"manual\"", [list(p) for p in pairs])
+        params = cls(
+            type=kind, json_path=json_path, bits=tuple(sorted(set(bits))), bitwidth_per_scope=pairs,
+            num_data_points=int(cfg.get("num_data_points", DEFAULT_NUM_DATA_POINTS)),
+            iter_number=int(cfg.get("iter_number", DEFAULT_ITER_NUMBER)),
+            tolerance=float(cfg.get("tolerance", DEFAULT_TOLERANCE)),
+            compression_ratio=float(cfg.get("compression_ratio", DEFAULT_COMPRESSION_RATIO)),
+            assignment_mode=cfg.get("bitwidth_assignment_mode", "liberal"),
+            dump=bool(cfg.get("dump_init_precision_data", False)),
+        )
+        _check(f"{json_path}.num_data_points", params.num_data_points, params.num_data_points >= 1, "an integer >= 1")
+        _check(f"{json_path}.iter_number", params.iter_number, params.iter_number >= 1, "an integer >= 1")
+        _check(f"{json_path}.tolerance", params.tolerance, params.tolerance >= 0, "a number >= 0")
+        _check(f"{json_path}.compression_ratio", params.compression_ratio, params.compression_ratio > 0, "a number > 0")
+        return params
+
+
+def _check(path: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(path, f"{value!r} is not allowed; allowed: {allowed}", value)
+
+
 def _scopes(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -103,6 +193,7 @@ class QuantizationParams:
     activations_quant_start_epoch: int | None
     weights_quant_start_epoch: int | None
     lr_multiplier: float = 1.0
+    precision: PrecisionParams | None = None
 
     @classmethod
     def from_section(cls, section: AlgorithmSection) -> QuantizationParams:
@@ -126,14 +217,10 @@ class QuantizationParams:
                 True,
             )
         init = s.get("initializer", {})
+        precision = None
         if "precision" in init:
-            kind = init["precision"].get("type", "manual")
-            raise UnsupportedAlgorithmError(
-                f"{section.json_path}.initializer.precision",
-                f"{kind!r} mixed-precision initialization is not supported by nncompress; remove "
-                "initializer.precision and set per-layer bits with scope_overrides",
-                kind,
-            )
+            precision = PrecisionParams.from_config(init["precision"], f"{section.json_path}.initializer.precision",
+                                                    MIN_BITS, MAX_BITS)
         ranges = init.get("range", {})
         range_list = ranges if isinstance(ranges, list) else [ranges]
         range_inits = [
@@ -163,6 +250,7 @@ class QuantizationParams:
             activations_quant_start_epoch=staged.get("activations_quant_start_epoch"),
             weights_quant_start_epoch=staged.get("weights_quant_start_epoch"),
             lr_multiplier=_lr_multiplier(section),
+            precision=precision,
         )
 
     def for_point(self, name: str, group: str) -> QuantizerParams:
@@ -182,6 +270,11 @@ class QuantizationParams:
             # QuantizeLinear feeds a single DequantizeLinear
             base = replace(base, signed=False)
         return base
+
+    @staticmethod
+    def with_bits(qp: QuantizerParams, group: str, bits: int) -> QuantizerParams:
+        """``qp`` at another bit width (mixed precision): weights use the narrow range at 8 bits only."""
+        return replace(qp, bits=bits, narrow_range=group == "weights" and bits == 8)
 
     def in_group_scope(self, name: str, group: str) -> str | None:
         """``None`` if the group's own scopes allow the op, else the reason it is skipped."""

@@ -29,12 +29,13 @@ WEIGHT_OPS = frozenset({
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "linear", "matmul", "mm", "bmm", "addmm", "embedding",
 })  # fmt: skip
+_ADDS = ("add", "add_", "iadd")  # ``x += y`` runs as ``add_``
 POOL_OPS = frozenset({
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
 })  # fmt: skip
 ACTIVATION_OPS = frozenset({
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "add", "iadd", "mean", *POOL_OPS,
+    "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", *_ADDS, "mean", *POOL_OPS,
 })  # fmt: skip
 _FUSED_AFTER_CONV = frozenset({"batch_norm", "relu", "relu_", "relu6", "hardtanh", "silu", "gelu"})
 _CONV = frozenset(op for op in WEIGHT_OPS if op.startswith("conv"))
@@ -82,7 +83,8 @@ class QuantizerPlacement:
     consumers: tuple[str, ...]
 
 
-def _weight_axis(node: OpNode, port: int, ndim: int) -> int:
+def weight_output_axis(node: OpNode, port: int, ndim: int) -> int:
+    """The output-channel axis of a weight read by ``node`` at ``port`` (``ndim`` dimensions)."""
     if node.op.startswith("conv_transpose"):
         return 1
     if node.op in ("matmul", "mm", "bmm", "addmm"):
@@ -120,7 +122,7 @@ def place_quantizers(
         if reason is None and w.qualified_name in weights_done:
             reason = f"weight shared with {weights_done[w.qualified_name]}, quantized there"
         qp = params.for_point(node.name, "weights")
-        axis = _weight_axis(node, w.port, len(w.shape)) if qp.per_channel else None
+        axis = weight_output_axis(node, w.port, len(w.shape)) if qp.per_channel else None
         report.rows.append(ReportRow(node.name, node.op, w.qualified_name, w.shape, reason is None,
                                      reason or f"weight, {qp.bits} bit", section.algorithm))
         if reason is None:
@@ -154,7 +156,7 @@ def _place_activations(graph, section, params, rules, report, skip_reason) -> li
             continue
         weight_ports = {w.port for w in node.weights}
         data_ports = [p for p in range(len(node.inputs)) if p not in weight_ports]
-        if node.op in ("add", "iadd") and len(data_ports) < 2:
+        if node.op in _ADDS and len(data_ports) < 2:
             continue  # x + constant: not an integer kernel
         if node.op in POOL_OPS or node.op == "mean":
             if node.op == "mean" and not _is_global_mean(graph, node):
@@ -203,7 +205,7 @@ def _is_global_mean(graph: CapturedGraph, node: OpNode) -> bool:
 def _rule_skip(node: OpNode, rules: PlacementRules) -> str | None:
     if (node.op in POOL_OPS or node.op == "mean") and not rules.quantize_pooling:
         return "pooling left in float (transformer placement)"
-    if node.op in ("add", "iadd") and not rules.quantize_adds:
+    if node.op in _ADDS and not rules.quantize_adds:
         return "residual add left in float (transformer placement)"
     if node.op in _MATMUL and not node.weights and not rules.quantize_activation_matmuls:
         return "matmul of two activations (attention) left in float"
@@ -227,3 +229,20 @@ def _activation_skip(
         return "integer tensor"
     return None
 
+
+def feeds_inplace_op(graph: CapturedGraph, placement: QuantizerPlacement,
+                     consumers: dict[str, list[tuple[str, int]]]) -> bool:
+    """Whether an in-place op (``out += identity`` runs ``add_``) overwrites the quantizer's output.
+
+    The learnable quantizer keeps its output for the backward pass, so such a quantizer must
+    hand out a copy.
+
+    :param consumers: ``graph.consumers()``.
+    """
+    point = placement.point
+    if point.target_type is TargetType.OPERATION_INPUT:
+        return point.port == 0 and graph.nodes[point.target].op.endswith("_")
+    if point.target_type is TargetType.OPERATION_OUTPUT:
+        return any(graph.nodes[c].op.endswith("_") and port == 0
+                   for c, port in consumers.get(point.target, []))
+    return False

@@ -112,6 +112,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("min_scale", torch.tensor(_MIN_SCALE))
         self._min_step = _MIN_SCALE  # the smallest step, a python float cached with ``_levels``
         self._divisor = 1.0  # L, from range to step, cached with ``_levels``
+        self.copy_output = False  # an in-place op (``x += y``) overwrites the output: hand out a copy
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -227,7 +228,7 @@ class FakeQuantizer(nn.Module):
         out = fake_quantize_learnable(x, step, zero_point, qmin, qmax, self.axis, self.lr_multiplier,
                                       validate=not self._validated, min_scale=self._min_step)
         self._validated = True
-        return out
+        return out.clone() if self.copy_output else out
 
     def _refresh(self, x: torch.Tensor) -> None:
         """Read the buffers into plain attributes once (first call, or after a state was loaded)."""

@@ -44,6 +44,9 @@ class QuantizationStatistics:
     :param placed: potential places that got a quantizer (shared ones counted per consumer).
     :param potential: places a quantizer could go (weights of supported ops, their inputs).
     :param bits: bit width -> (weight quantizers, activation quantizers).
+    :param per_quantizer: with mixed precision, ``(NNCF quantizer id, group, bits)`` of every quantizer.
+    :param compression_ratio: with mixed precision, the bit complexity of INT8 over this model's
+        (NNCF 2.x's HAWQ ratio: MACs times bits of the quantized weighted ops).
     """
 
     weights: GroupCounts
@@ -51,15 +54,19 @@ class QuantizationStatistics:
     placed: int
     potential: int
     bits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    per_quantizer: list[tuple[str, str, int]] = field(default_factory=list)
+    compression_ratio: float | None = None
 
     @classmethod
-    def of(cls, quantizers: Sequence[FakeQuantizer], placed: int, potential: int) -> QuantizationStatistics:
-        """Statistics of a list of quantizers."""
+    def of(cls, quantizers: Sequence[FakeQuantizer], placed: int, potential: int,
+           ids: Sequence[str] | None = None, ratio: float | None = None) -> QuantizationStatistics:
+        """Statistics of a list of quantizers (``ids``, ``ratio``: with mixed precision)."""
         w = [q for q in quantizers if q.group == "weights"]
         a = [q for q in quantizers if q.group == "activations"]
         wb, ab = Counter(q.bits for q in w), Counter(q.bits for q in a)
         bits = {b: (wb[b], ab[b]) for b in sorted(set(wb) | set(ab))}
-        return cls(GroupCounts.of(w), GroupCounts.of(a), placed, potential, bits)
+        per = [(i, q.group, q.bits) for i, q in zip(ids, quantizers)] if ids is not None else []
+        return cls(GroupCounts.of(w), GroupCounts.of(a), placed, potential, bits, per, ratio)
 
     def _share(self, n: int, total: int) -> float:
         return n / total if total else 0.0
@@ -79,7 +86,11 @@ class QuantizationStatistics:
         )
         bits = format_table(("bits", "weight quantizers", "activation quantizers"),
                             [(b, w, a) for b, (w, a) in self.bits.items()])
-        return "\n".join([shares, placement, bits])
+        tables = [shares, placement, bits]
+        if self.per_quantizer:
+            title = f"mixed precision: compression ratio {self.compression_ratio:.3f} (INT8 bit complexity / this model's)"
+            tables.append(format_table(("quantizer", "group", "bits"), self.per_quantizer, title))
+        return "\n".join(tables)
 
     def to_dict(self) -> dict[str, float]:
         """Flat metrics."""
@@ -93,6 +104,10 @@ class QuantizationStatistics:
         for b, (w, a) in self.bits.items():
             out[f"bits/{b}/weights"] = w
             out[f"bits/{b}/activations"] = a
+        if self.compression_ratio is not None:
+            out["mixed_precision/compression_ratio"] = self.compression_ratio
+        for qid, _, b in self.per_quantizer:
+            out[f"mixed_precision/{qid}"] = b
         return out
 
     def __str__(self) -> str:
