@@ -328,3 +328,9 @@ def test_inplace_residual_add_is_quantized_and_trains() -> None:
     loss = model(torch.randn(2, 3, 32, 32)).square().mean()
     loss.backward()
     assert all(q.scale.grad is not None for q in ctrl.quantizers)
+
+
+def test_dump_init_precision_data_logs_the_choice(cnn: ResidualCNN, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="nncompress"):
+        nnc.create_compressed_model(cnn, _config(_hawq(dump_init_precision_data=True)), init_data=_data())
+    assert any("HAWQ:" in r.message and "average traces" in r.message for r in caplog.records)

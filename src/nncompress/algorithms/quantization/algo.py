@@ -97,12 +97,13 @@ class QuantizationBuilder(BaseBuilder):
         precision = self.params.precision
         if precision is None:
             return placements
-        ids = [q.id for q in quantizer_ids(graph, placements)]
+        names = quantizer_ids(graph, placements)
+        ids = [q.id for q in names]
         saved = self._loaded_state.get("precision") if self._loaded_state is not None else None
         if saved is not None:
             bits = _saved_bits(saved["bits"], ids, f"builder_state.{self.algorithm}.precision.bits")
         elif precision.type == "manual":
-            chosen = manual_bits(precision, quantizer_ids(graph, placements))
+            chosen = manual_bits(precision, names)
             bits = [chosen.get(i, p.params.bits) for i, p in enumerate(placements)]
         else:
             self.hawq = choose_hawq_bits(model, graph, placements, self.params, precision, self._context.init_data)

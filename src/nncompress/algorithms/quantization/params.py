@@ -80,13 +80,11 @@ class RangeInitParams:
         return self.type
 
 
-PRECISION_TYPES = ("manual", "hawq", "autoq")
 DEFAULT_BITS = (2, 4, 8)
 DEFAULT_NUM_DATA_POINTS = 100
 DEFAULT_ITER_NUMBER = 200
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_COMPRESSION_RATIO = 1.5
-ASSIGNMENT_MODES = ("liberal", "strict")
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,8 @@ class QuantizationParams:
 
     @classmethod
     def from_section(cls, section: AlgorithmSection) -> QuantizationParams:
-        """Read a schema-validated section and check what the schema cannot (bits in 2..8)."""
+        """Read a schema-validated section and check what the schema cannot (bits in 2..8, the
+        ``initializer.precision`` values: see :meth:`PrecisionParams.from_config`)."""
         s = section.section
         preset = s.get("preset", "performance")
         w_cfg, a_cfg = s.get("weights", {}), s.get("activations", {})
