@@ -195,6 +195,14 @@ class _Custom(nn.Module):
             y = self.relu6(y)
         elif self.fn == "alpha_dropout":  # training: a * 0 + b != 0
             y = F.alpha_dropout(y, 0.5, True)
+        elif self.fn == "inplace_on_view":  # writes y through a view: y's removed channels become 1
+            y.view(y.shape[0], -1).add_(1)
+        elif self.fn == "inplace_after_view":  # the view z sees the later write into y
+            z = y.view(y.shape)
+            y.add_(1)
+            y = z
+        elif self.fn == "scale_view_in_place":  # zero stays zero: still prunable
+            y.view(y.shape[0], -1).mul_(2)
         elif self.fn == "mean_ambiguous":  # (2, 16, 16, 16) -> (2, 16): dims (2, 3) or (1, 2)?
             return self.c2(y.mean((2, 3))[:, :, None, None]).flatten(1)
         elif self.fn == "mean_keepdim":
@@ -208,7 +216,8 @@ class _Custom(nn.Module):
      ("group_norm", 6, "group_norm"), ("setitem", 6, r"_Custom writes into a tensor by index"), ("slice", 6, "getitem"), ("buffer", 6, "per-channel tensor outside"),
      ("plus_one", 6, "add_0 turns removed"), ("add_sigmoid", 6, "sigmoid_0 turns removed"), ("mean_ambiguous", 16, r"may reduce over the channels"),
      ("hardtanh_module", 6, "hardtanh_0 turns removed"), ("hardtanh_functional", 6, "hardtanh_0 turns removed"),
-     ("alpha_dropout", 6, "alpha_dropout_0 turns removed")],
+     ("alpha_dropout", 6, "alpha_dropout_0 turns removed"), ("inplace_on_view", 6, "in place through a view"),
+     ("inplace_after_view", 6, "in place through a view")],
 )
 def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> None:
     g = group_with(groups_of(_Custom(fn, cout)), "c1.0")
@@ -216,7 +225,7 @@ def test_what_cannot_be_proven_is_refused(fn: str, cout: int, reason: str) -> No
     assert re.search(reason, g.reason), g.reason
 
 
-@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim", "mul_sigmoid", "relu6"])
+@pytest.mark.parametrize("fn", ["times_two", "mean_keepdim", "mul_sigmoid", "relu6", "scale_view_in_place"])
 def test_what_can_be_proven_is_prunable(fn: str) -> None:
     assert group_with(groups_of(_Custom(fn, 16)), "c1.0").prunable
 

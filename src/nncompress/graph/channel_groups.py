@@ -176,6 +176,8 @@ class GroupBuilder:
         self.module_out: dict[str, int] = {}  # module -> element of its output channels
         self.module_in: dict[tuple[str, str], Layout] = {}  # (module, role) -> layout it reads
         self.near_input: set[str] = set()  # ops a model input reaches through no conv or linear
+        self.alias_root: dict[str, str] = {}  # op -> the op whose output's storage it shares (views, in-place)
+        self.viewed: set[str] = set()  # roots with a second tensor on their storage (a view)
         from nncompress.graph import channel_handlers as h  # (it imports this module)
 
         self.handlers: dict[str, Handler] = {}
@@ -275,8 +277,27 @@ class GroupBuilder:
         if not any(ins) and handler not in self.sources:
             return
         out = handler(self, node, ins)
+        self.check_aliasing(node, ins, out)
         if out is not None and len(node.output_shapes) == 1 and any(s.elem is not None for s in out):
             self.layouts[node.name] = out
+
+    def check_aliasing(self, node: OpNode, ins: Sequence[Layout | None], out: Layout | None) -> None:
+        """Refuse groups that an in-place op makes non-zero through a view: the capture names
+        tensors by the op that made them, so another tensor on the same storage (``y.view(...)
+        .add_(1)`` changes ``y``) would still look zero to the ops that read it."""
+        src = node.inputs[0] if node.inputs else None
+        view = node.op in rules.RESHAPES or node.op in rules.ALIASING_UNARY
+        if src is None or not (view or node.op.endswith("_")):
+            return
+        root = self.alias_root.get(src, src)
+        self.alias_root[node.name] = root
+        if view:
+            self.viewed.add(root)
+        x = ins[0]
+        if node.op.endswith("_") and root in self.viewed and x and out and any(
+                so.nonzero and not si.nonzero for si, so in zip(x, out)):
+            self.refuse(x, f"{node.name} ({node.op}) writes non-zero values into the channels in place through a "
+                           "view, which the ops reading the other view do not see")
 
     def shape(self, node: OpNode, port: int) -> tuple[int, ...] | None:
         """Shape of the tensor at a port: a single-output op's result or a parameter read there."""

@@ -22,6 +22,9 @@ ZERO_PRESERVING_UNARY = frozenset({
     "softsign", "tanhshrink", "hardshrink", "softshrink", "neg", "dropout", "dropout_", "dropout1d",
     "dropout2d", "dropout3d", "feature_dropout", "clone", "contiguous", "detach", "float", "to", "type_as",
 })  # fmt: skip
+# Ops whose result may share its input's storage (besides the reshapes): an in-place op on either
+# tensor changes both.
+ALIASING_UNARY = frozenset({"detach", "contiguous", "to", "float", "type_as"})
 # ``hardtanh(x, min_val, max_val)`` keeps zero only if ``min_val <= 0 <= max_val``; the bounds are
 # not in the capture, so it counts as zero-preserving only when an ``nn.Hardtanh`` module (ReLU6
 # among them) runs it with such bounds (see ``channel_handlers.unary``).
