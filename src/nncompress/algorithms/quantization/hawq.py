@@ -18,14 +18,14 @@ As ``nncf/torch/quantization/precision_init/hawq_init.py`` (HAWQ-v2, Dong et al.
 4. The candidate with the smallest ``sum_i t_i * n_i(b_i)`` among those whose compression ratio
    (:func:`.compression_ratio`) is at least ``compression_ratio`` (the first one on ties).
 
-Traces are averaged over ``torch.distributed`` ranks, so every rank chooses the same bits.
+Each draw is averaged over ``torch.distributed`` ranks, so every rank gets the same traces and bits.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -199,8 +199,8 @@ def estimate_average_traces(model: nn.Module, weights: Sequence[torch.Tensor], i
                             precision: PrecisionParams) -> TraceEstimate:
     """Hutchinson estimate of ``tr(H_ii)`` for each weight, on ``num_data_points`` samples.
 
-    The loss of a batch of ``n`` samples counts ``n`` times (NNCF's weighting). Averaged over
-    ``torch.distributed`` ranks when it is up.
+    The loss of a batch of ``n`` samples counts ``n`` times (NNCF's weighting). Each draw's forms
+    are averaged over ``torch.distributed`` ranks when it is up, so all ranks stop together.
     """
     fn: CriterionFn = getattr(init_data, "criterion_fn", None) or default_criterion_fn
     crit = getattr(init_data, "criterion", None)
@@ -210,6 +210,7 @@ def estimate_average_traces(model: nn.Module, weights: Sequence[torch.Tensor], i
     total = sum(n for *_, n in batches)
     flags = [w.requires_grad for w in weights]
     gen = torch.Generator().manual_seed(_SEED)
+    device = weights[0].device if weights else torch.device("cpu")  # nccl reduces device tensors only
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -228,15 +229,15 @@ def estimate_average_traces(model: nn.Module, weights: Sequence[torch.Tensor], i
                 for k, (*_, n) in enumerate(batches):
                     g = cached[k] if cached is not None else grads_of(k)
                     acc += hessian_quadratic_forms(g, weights, v, retain_graph=cached is not None) * n
-                return acc / total
+                # the ranks' mean each draw: every rank sees the same estimate and stops at the same draw
+                mean, _ = all_reduce_range(acc.to(device) / total, acc.to(device) / total, mode="mean")
+                return mean.cpu()
 
             estimate = hutchinson_traces(forms, weights, precision.iter_number, precision.tolerance, gen)
     finally:
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
-    device = weights[0].device if weights else torch.device("cpu")  # nccl reduces device tensors only
-    traces, _ = all_reduce_range(estimate.traces.to(device), estimate.traces.to(device), mode="mean")
-    return replace(estimate, traces=traces.cpu())
+    return estimate
 
 
 def _loss_batches(init_data: Iterable[Any], precision: PrecisionParams, need_target: bool
