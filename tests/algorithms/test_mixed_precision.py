@@ -334,3 +334,10 @@ def test_dump_init_precision_data_logs_the_choice(cnn: ResidualCNN, caplog: pyte
     with caplog.at_level("INFO", logger="nncompress"):
         nnc.create_compressed_model(cnn, _config(_hawq(dump_init_precision_data=True)), init_data=_data())
     assert any("HAWQ:" in r.message and "average traces" in r.message for r in caplog.records)
+
+
+def test_hawq_without_weight_quantizers_keeps_the_configured_bits(cnn: ResidualCNN) -> None:
+    config = _config(_hawq(), weights={"ignored_scopes": ["{re}.*"]}, activations={"bits": 6})
+    ctrl, _ = nnc.create_compressed_model(cnn, config, init_data=_data())
+    assert ctrl.hawq is not None and ctrl.hawq.draws == 0
+    assert set(_bits(ctrl).values()) == {6} and all(q.group == "activations" for q in ctrl.quantizers)

@@ -130,6 +130,8 @@ def choose_hawq_bits(
                             "init_data (batches of (inputs, target)) to create_compressed_model or "
                             "register_default_init_args")
     widx = [i for i, p in enumerate(placements) if p.group == "weights"]
+    if not widx:  # nothing to choose (NNCF 2.x kept the setup as it was)
+        return HawqChoice([p.params.bits for p in placements], [], [], [], 1.0, 0, 0)
     names = [f"{placements[i].point.target}.{placements[i].point.param}".lstrip(".") for i in widx]
     weights = [model.get_parameter(n) for n in names]
     estimate = estimate_average_traces(model, weights, init_data, precision)
