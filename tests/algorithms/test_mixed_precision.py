@@ -71,6 +71,7 @@ def test_manual_bits_land_on_the_named_quantizers(cnn: ResidualCNN) -> None:
         [4, "{re}ResidualBlock\\[1\\].*\\|WEIGHT"],
         [5, "ResidualCNN/mean_0|OUTPUT"],
         [3, f"{PREFIX}/ResidualBlock[1]/Conv2d[pw]/conv2d_0|WEIGHT"],  # a later entry wins
+        [7, "ReLU[2]/relu__0|OUTPUT"],  # a part of an id, as NNCF matched
     ]
     ctrl, _ = nnc.create_compressed_model(cnn, _config({"bitwidth_per_scope": entries}), init_data=_data())
     bits = _bits(ctrl)
@@ -80,6 +81,7 @@ def test_manual_bits_land_on_the_named_quantizers(cnn: ResidualCNN) -> None:
     assert bits[f"{PREFIX}/ResidualBlock[1]/Conv2d[dw]/conv2d_0|WEIGHT"] == 4
     assert bits[f"{PREFIX}/ResidualBlock[1]/Conv2d[pw]/conv2d_0|WEIGHT"] == 3
     assert bits["ResidualCNN/mean_0|OUTPUT"] == 5
+    assert bits["ResidualCNN/Sequential[stem]/ReLU[2]/relu_0|OUTPUT"] == 7
     assert bits["ResidualCNN/Sequential[stem]/Conv2d[0]/conv2d_0|WEIGHT"] == 8  # not named: the default
     levels = {q.name: (q.bits, q.levels) for q in ctrl.quantizers if q.group == "weights"}
     assert levels["ResidualCNN/Sequential[stem]/Conv2d[0]/conv2d_0"] == (8, (-127, 127))  # narrow at 8 bits

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from nncompress.errors import ScopeMatchError
 from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import TargetType
-from nncompress.graph.scopes import REGEX_PREFIX, compile_scope_regex, scope_matches
+from nncompress.graph.scopes import REGEX_PREFIX, compile_scope_regex, normalize_scope_pattern, scope_matches
 
 from ..selection import CaptureReport
 from .params import PrecisionParams
@@ -45,6 +45,7 @@ _LEGACY_KIND = {
     "NNCF_MODULE_PRE_OP": "WEIGHT", "OPERATION_WITH_WEIGHTS": "WEIGHT", "OPERATOR_POST_HOOK": "OUTPUT",
     "POST_LAYER_OPERATION": "OUTPUT", "OPERATOR_PRE_HOOK": "INPUT", "PRE_LAYER_OPERATION": "INPUT",
 }  # fmt: skip
+_INPLACE_RELU = re.compile(r"relu__(?=\d)")  # NNCF's name of an in-place ReLU call
 _SUFFIX = re.compile(r"\|(WEIGHT|OUTPUT|INPUT\d*)$")
 
 
@@ -130,7 +131,8 @@ def match_quantizers(scope: str, ids: Sequence[QuantizerIds]) -> list[int]:
     ``{re}<regex>``: every quantizer with an id the regex finds (``re.search``; escape the ``|``
     of a suffix as ``\\|``). Otherwise a name with an optional ``|WEIGHT`` / ``|OUTPUT`` /
     ``|INPUT<p>`` suffix: the quantizers whose op equals it or lies in it as a module scope; a
-    name no quantizer's own id matches is looked up among the NNCF aliases.
+    name no quantizer's own id matches is looked up among the NNCF aliases, then, as NNCF 2.x
+    did, as a part of an id (``Conv2d[conv1]/conv2d_0|WEIGHT`` without the model's name).
 
     :param scope: the entry.
     :param ids: the quantizers' ids.
@@ -141,7 +143,14 @@ def match_quantizers(scope: str, ids: Sequence[QuantizerIds]) -> list[int]:
         return [i for i, q in enumerate(ids) if any(regex.search(x) for x in (q.id, *q.aliases))]
     name, kind = _split_scope(scope)
     direct = [i for i, q in enumerate(ids) if _id_matches(q.id, name, kind)]
-    return direct or [i for i, q in enumerate(ids) if any(_id_matches(a, name, kind) for a in q.aliases)]
+    if direct:
+        return direct
+    aliased = [i for i, q in enumerate(ids) if any(_id_matches(a, name, kind) for a in q.aliases)]
+    if aliased:
+        return aliased
+    # NNCF 2.x looked the scope up as a substring of its quantizer ids
+    part = _INPLACE_RELU.sub("relu_", normalize_scope_pattern(scope))
+    return [i for i, q in enumerate(ids) if any(part in x for x in (q.id, *q.aliases))]
 
 
 def manual_bits(params: PrecisionParams, ids: Sequence[QuantizerIds]) -> dict[int, int]:
