@@ -10,6 +10,8 @@ from typing import Any
 from torch import nn
 
 from nncompress.algorithms.context import CompressionContext
+from nncompress.algorithms.distillation.teacher import distilling, remove_teacher_hooks
+from nncompress.algorithms.quantization.hawq import InitDataWithLoss
 from nncompress.algorithms.registry import BUILDERS
 from nncompress.algorithms.state_fields import check_format_version, state_mapping
 from nncompress.api.compression import CompressionAlgorithmController
@@ -31,16 +33,25 @@ from nncompress.torch.runtime import get_runtime
 _INIT_DATA_ATTR = "_nncompress_init_data"
 
 
-def register_default_init_args(config: CompressionConfig, init_data: Iterable[Any], *args: Any, **kwargs: Any) -> CompressionConfig:
+def register_default_init_args(
+    config: CompressionConfig, init_data: Iterable[Any], criterion: Any = None, criterion_fn: Any = None,
+    *args: Any, **kwargs: Any,
+) -> CompressionConfig:
     """Attach initialisation data to a config, as NNCF 2.x's function of this name did.
 
-    ``create_compressed_model`` uses it when no ``init_data`` is passed. Extra arguments
-    (NNCF's ``criterion``, ``device``...) are accepted and ignored.
+    ``create_compressed_model`` uses it when no ``init_data`` is passed. ``criterion`` and
+    ``criterion_fn`` (``(outputs, target, criterion) -> loss``) travel with the data: HAWQ
+    precision initialisation uses them (default: cross-entropy on ``(inputs, target)`` batches).
+    Other NNCF arguments (``device``, ``validate_fn``...) are accepted and ignored.
 
     :param config: the config.
     :param init_data: batches for initialisers (``(inputs, target)`` pairs, tensors or dicts).
+    :param criterion: the training loss module, e.g. ``nn.CrossEntropyLoss()``.
+    :param criterion_fn: how to call it, ``criterion(outputs, target)`` by default.
     :return: the same config.
     """
+    if criterion is not None or criterion_fn is not None:
+        init_data = InitDataWithLoss(init_data, criterion, criterion_fn)
     setattr(config, _INIT_DATA_ATTR, init_data)
     return config
 
@@ -75,12 +86,16 @@ def create_compressed_model(
     refuse_inference_mode("create_compressed_model()")
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if get_runtime(model) is not None:
+    if get_runtime(model) is not None or distilling(model):
         raise InvalidArgumentError("the model is already compressed; strip it first or pass the original model")
     if not isinstance(config, CompressionConfig):
         config = CompressionConfig.from_dict(dict(config))
+    registered = getattr(config, _INIT_DATA_ATTR, None)
     if init_data is None:
-        init_data = getattr(config, _INIT_DATA_ATTR, None)
+        init_data = registered
+    elif isinstance(registered, InitDataWithLoss) and not isinstance(init_data, InitDataWithLoss):
+        # the loss registered with the config goes with the data given here
+        init_data = InitDataWithLoss(init_data, registered.criterion, registered.criterion_fn)
     context = CompressionContext(*_example_inputs(config, example_input), init_data=init_data)
     sections = [_with_default_lr_multiplier(s, config) for s in config.algorithm_sections()]
     _check_unique_algorithms(sections)
@@ -100,6 +115,7 @@ def create_compressed_model(
                 ctrl.load_state(compression_state["ctrl_state"])
     except BaseException:
         remove_runtime(model)
+        remove_teacher_hooks(model)
         raise
     register_controller(model, ctrl)
     return ctrl, model
@@ -117,7 +133,7 @@ def _example_inputs(config: CompressionConfig, example_input: Any) -> tuple[Any,
     return inputs_from_infos(infos), "input_info"
 
 
-_TRAINABLE = frozenset({"quantization"})
+_TRAINABLE = frozenset({"quantization", "rb_sparsity"})
 """Algorithms with trainable parameters of their own, which ``compression_lr_multiplier`` scales."""
 
 
