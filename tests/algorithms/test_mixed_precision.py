@@ -230,6 +230,10 @@ def test_registered_criterion_is_used(cnn: ResidualCNN) -> None:
     config = nnc.register_default_init_args(nnc.CompressionConfig.from_dict(_config(_hawq())), _data(), Counting())
     ctrl, _ = nnc.create_compressed_model(cnn, config)
     assert Counting.calls >= 1 and ctrl.hawq is not None
+    # the registered loss also goes with init_data given to create_compressed_model
+    Counting.calls = 0
+    ctrl, _ = nnc.create_compressed_model(ResidualCNN(), config, init_data=_data())
+    assert Counting.calls >= 1 and ctrl.hawq is not None
 
 
 def test_hawq_is_reproducible() -> None:
