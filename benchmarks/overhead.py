@@ -7,7 +7,10 @@ For the digits CNN and a small BERT (random weights, MiniLM-like shape), in one 
 * training-step time (forward, loss, backward, SGD step, ``scheduler.step()``) of the model
   with magnitude sparsity at 70% over the plain model's: median of 30 steps each, the two
   interleaved step by step so that machine noise hits both alike; three such rounds, and the
-  round with the median ratio is reported.
+  round with the median ratio is reported;
+* the same for RB sparsity (``rb_sparsity``, loss aiming at 50%): its step adds the noisy mask,
+  the mask-logit gradients, ``ctrl.loss()`` and the optimizer's update of the logits (which
+  ``model.parameters()`` includes), as in NNCF 2.x.
 
 Prints a table and one JSON line. Run: ``python benchmarks/overhead.py`` (2 threads).
 """
@@ -32,7 +35,7 @@ from nncompress.graph.capture import capture
 
 def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
             loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> dict[str, Any]:
-    """All figures for one model."""
+    """All figures for one model and one algorithm."""
     args, kwargs, _ = batch
     model.train()
     with torch.no_grad():
@@ -48,6 +51,7 @@ def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
     plain, sparse = times["plain"], times["sparse"]
     return {
         "model": name,
+        "algorithm": config["compression"]["algorithm"],
         "forward_ms": forward * 1e3,
         "capture_ms": capture_s * 1e3,
         "capture_over_forward": capture_s / forward,
@@ -59,23 +63,28 @@ def measure(name: str, model: nn.Module, config: dict[str, Any], batch: Batch,
     }
 
 
-def _sparsity_config(sample: list[int]) -> dict[str, Any]:
-    return {
-        "input_info": {"sample_size": sample},
-        "compression": {"algorithm": "magnitude_sparsity", "sparsity_init": 0.7,
-                        "params": {"sparsity_target": 0.7, "sparsity_target_epoch": 0}},
-    }
+ALGORITHMS = ("magnitude_sparsity", "rb_sparsity")
 
 
-def digits_case() -> dict[str, Any]:
+def _sparsity_config(sample: list[int], algorithm: str = "magnitude_sparsity") -> dict[str, Any]:
+    if algorithm == "rb_sparsity":
+        section: dict[str, Any] = {"algorithm": "rb_sparsity", "sparsity_init": 0.5,
+                                   "params": {"sparsity_target": 0.5, "sparsity_target_epoch": 0}}
+    else:
+        section = {"algorithm": "magnitude_sparsity", "sparsity_init": 0.7,
+                   "params": {"sparsity_target": 0.7, "sparsity_target_epoch": 0}}
+    return {"input_info": {"sample_size": sample}, "compression": section}
+
+
+def digits_case(algorithm: str) -> dict[str, Any]:
     torch.manual_seed(0)
     x = torch.randn(64, 1, 8, 8)
     y = torch.randint(0, 10, (64,))
-    return measure("digits CNN (batch 64)", DigitsCNN(), _sparsity_config([64, 1, 8, 8]), ((x,), {}, y),
+    return measure("digits CNN (batch 64)", DigitsCNN(), _sparsity_config([64, 1, 8, 8], algorithm), ((x,), {}, y),
                    nn.functional.cross_entropy)
 
 
-def bert_case() -> dict[str, Any]:
+def bert_case(algorithm: str) -> dict[str, Any]:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -89,7 +98,7 @@ def bert_case() -> dict[str, Any]:
     def loss_fn(out: Any, t: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(out.last_hidden_state, t)
 
-    config = _sparsity_config([8, 64])
+    config = _sparsity_config([8, 64], algorithm)
     config["compression"]["ignored_scopes"] = ["{re}.*embeddings.*"]
     return measure("BERT 6x384 (batch 8, seq 64)", model, config,
                    ((), {"input_ids": ids, "attention_mask": mask}, target), loss_fn)
@@ -97,12 +106,14 @@ def bert_case() -> dict[str, Any]:
 
 def main() -> None:
     torch.set_num_threads(2)
-    rows = [digits_case(), bert_case()]
+    rows = [case(algorithm) for case in (digits_case, bert_case) for algorithm in ALGORITHMS]
     table = format_table(
-        ("model", "forward ms", "capture/forward", "create/forward", "plain step ms", "sparse step ms", "step ratio"),
-        [(r["model"], r["forward_ms"], r["capture_over_forward"], r["create_over_forward"], r["plain_step_ms"],
-          r["sparse_step_ms"], r["step_ratio"]) for r in rows],
-        title="nncompress overhead: magnitude sparsity at 70% (median of 30 interleaved steps, median of 3 rounds)",
+        ("model", "algorithm", "forward ms", "capture/forward", "create/forward", "plain step ms", "sparse step ms",
+         "step ratio"),
+        [(r["model"], r["algorithm"], r["forward_ms"], r["capture_over_forward"], r["create_over_forward"],
+          r["plain_step_ms"], r["sparse_step_ms"], r["step_ratio"]) for r in rows],
+        title="nncompress overhead: magnitude sparsity at 70%, RB sparsity aiming at 50% "
+              "(median of 30 interleaved steps, median of 3 rounds)",
     )
     print(table)
     print(json.dumps({"benchmark": "overhead", "results": rows}))

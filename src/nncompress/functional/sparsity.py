@@ -218,16 +218,17 @@ class _RBMaskedWeight(torch.autograd.Function):
         ctx: Any, weight: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor | None, lr_multiplier: float
     ) -> torch.Tensor:
         z = logits.detach() if noise is None else noise.add_(logits.detach())  # noise: ours, overwritten
-        ctx.save_for_backward(weight, z)
+        keep = z > 0
+        ctx.save_for_backward(weight, z, keep)  # keep: 1 byte an element, saves a pass in backward
         ctx.lr_multiplier = lr_multiplier
         ctx.logits_dtype = logits.dtype
-        return torch.where(z > 0, weight, 0.0)
+        return torch.where(keep, weight, 0.0)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        weight, z = ctx.saved_tensors
+        weight, z, keep = ctx.saved_tensors
         ctx.done = True  # the noise buffer holding z may be drawn again (see rb_masked_weight)
-        grad_weight = torch.where(z > 0, grad, 0.0) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.where(keep, grad, 0.0) if ctx.needs_input_grad[0] else None
         grad_logits = None
         if ctx.needs_input_grad[1]:
             gw = grad * weight if ctx.lr_multiplier == 1.0 else grad * weight * ctx.lr_multiplier
