@@ -188,6 +188,8 @@ def test_multistep_and_compression_rate_setter() -> None:
     assert ctrl.rb_loss.target_level == 0.2 and ctrl.compression_rate == 0.0  # measured: nothing dropped yet
     with pytest.raises(InvalidArgumentError, match="1.5"):
         ctrl.set_sparsity_level(1.5)
+    with pytest.raises(InvalidArgumentError, match="torch.distributed"):
+        ctrl.distributed()  # no process group here
 
 
 def _spread_logits(model: nn.Module) -> None:

@@ -251,7 +251,7 @@ def rb_masked_weight(
 
     which is NNCF 2.x's ``STThreshold(sigmoid(z))`` (threshold 0.5, gradient passed straight to
     ``sigmoid(z)``), with its ``compression_lr_multiplier`` gradient hook folded in. NNCF
-    compares ``sigmoid(z) > 0.5`` in float32, which rounds to exactly 0.5 for ``0 < z < 3e-8``
+    compares ``sigmoid(z) > 0.5`` in float32, which rounds to exactly 0.5 for ``z`` in ``(0, ~1e-7)``
     and then drops the element; ``z > 0`` keeps it (the same rule in exact arithmetic).
 
     :param weight: the weight, any shape and floating dtype.
