@@ -15,9 +15,8 @@ Masks are recomputed when the level changes (``torch.kthvalue`` once over all im
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +24,7 @@ from torch import nn
 
 from nncompress.api.compression import CompressionStage
 from nncompress.config import AlgorithmSection
-from nncompress.errors import CompressionStateError, ConfigError, InvalidArgumentError
-from nncompress.functional import schedules as fs
+from nncompress.errors import CompressionStateError, InvalidArgumentError
 from nncompress.functional import sparsity as fsp
 from nncompress.graph.layout import Priority, TransformationLayout
 
@@ -34,35 +32,14 @@ from ..base import BaseBuilder
 from ..selection import select_weighted_ops
 from ..state_fields import state_bool, state_level, state_list
 from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, mask_layout
-from .schedulers import (
-    AdaptiveSparsityScheduler,
-    ExponentialSparsityScheduler,
-    MultiStepSparsityScheduler,
-    PolynomialSparsityScheduler,
-    SparsityScheduler,
-)
+from .schedule_params import SparsityScheduleParams, make_sparsity_scheduler
 
 
 @dataclass(frozen=True)
-class MagnitudeSparsityParams:
+class MagnitudeSparsityParams(SparsityScheduleParams):
     """The typed ``params`` of a magnitude sparsity section, with NNCF 2.x defaults."""
 
-    sparsity_init: float = fs.DEFAULT_SPARSITY_INIT
-    schedule: str = fs.DEFAULT_SCHEDULE
-    sparsity_target: float = fs.DEFAULT_SPARSITY_TARGET
-    sparsity_target_epoch: float = fs.DEFAULT_SPARSITY_TARGET_EPOCH
-    sparsity_freeze_epoch: int = fs.DEFAULT_SPARSITY_FREEZE_EPOCH
-    power: float = fs.DEFAULT_POWER
-    concave: bool = fs.DEFAULT_CONCAVE
-    update_per_optimizer_step: bool = fs.DEFAULT_UPDATE_PER_OPTIMIZER_STEP
-    steps_per_epoch: int | None = None
-    patience: int = fs.DEFAULT_PATIENCE
-    step: float = fs.DEFAULT_ADAPTIVE_STEP
-    eps: float = fs.DEFAULT_ADAPTIVE_EPS
-    multistep_steps: list[int] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_STEPS))
-    multistep_sparsity_levels: list[float] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_LEVELS))
     weight_importance: str = fsp.DEFAULT_WEIGHT_IMPORTANCE
-    sparsity_level_setting_mode: str = "global"
 
     @classmethod
     def from_section(cls, section: AlgorithmSection) -> MagnitudeSparsityParams:
@@ -70,50 +47,9 @@ class MagnitudeSparsityParams:
 
         :raises ConfigError: e.g. multistep levels that do not fit the steps.
         """
-        params = dict(section.params)
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in params.items() if k in known}
-        if "sparsity_init" in section.section:
-            values["sparsity_init"] = section.section["sparsity_init"]
-        result = cls(**values)
-        if result.schedule == "multistep" and len(result.multistep_sparsity_levels) != len(result.multistep_steps) + 1:
-            raise ConfigError(
-                f"{section.json_path}.params.multistep_sparsity_levels",
-                f"needs one more level than multistep_steps has steps ({len(result.multistep_steps)}), "
-                f"got {len(result.multistep_sparsity_levels)}",
-                result.multistep_sparsity_levels,
-            )
-        if result.schedule == "multistep" and result.multistep_steps != sorted(set(result.multistep_steps)):
-            raise ConfigError(f"{section.json_path}.params.multistep_steps", "must be strictly increasing",
-                              result.multistep_steps)
-        if result.schedule != "multistep" and result.sparsity_init > result.sparsity_target:
-            raise ConfigError(
-                f"{section.json_path}.sparsity_init",
-                f"{result.sparsity_init} is above params.sparsity_target {result.sparsity_target}; "
-                "the schedule raises the level from sparsity_init to sparsity_target",
-                result.sparsity_init,
-            )
-        levels = (
-            [("params.multistep_sparsity_levels", v) for v in result.multistep_sparsity_levels]
-            if result.schedule == "multistep"
-            else [("sparsity_init", result.sparsity_init), ("params.sparsity_target", result.sparsity_target)]
-        )
-        for key, value in levels:
-            if not 0.0 <= value < 1.0:  # False for NaN
-                raise ConfigError(f"{section.json_path}.{key}", "a magnitude sparsity level must be in [0, 1) "
-                                  "(1.0 would zero every weight)", value)
-        if result.update_per_optimizer_step and result.schedule != "polynomial":
-            warnings.warn(
-                f"{section.json_path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
-                f"the {result.schedule} schedule updates once per epoch",
-                stacklevel=2,
-            )
+        result = cls(**cls.section_values(section))
+        result.check(section.json_path, "1.0 would zero every weight")
         return result
-
-    @property
-    def final_level(self) -> float:
-        """The level the schedule ends at."""
-        return self.multistep_sparsity_levels[-1] if self.schedule == "multistep" else self.sparsity_target
 
 
 class MagnitudeSparsityBuilder(BaseBuilder):
@@ -155,7 +91,7 @@ class MagnitudeSparsityController(BaseSparsityController):
         self.current_level = 0.0
         self.frozen = False
         if params.sparsity_level_setting_mode == "global":
-            self._scheduler = _make_scheduler(self, params)
+            self._scheduler = make_sparsity_scheduler(self, params)
         self.set_sparsity_level(params.sparsity_init if params.schedule != "multistep"
                                 else params.multistep_sparsity_levels[0])
 
@@ -247,24 +183,3 @@ class MagnitudeSparsityController(BaseSparsityController):
         self.frozen = bool(state["frozen"])
         for rec, thr in zip(self.sparsified_weights, state["thresholds"]):
             rec.threshold = -math.inf if thr is None else float(thr)
-
-
-def _make_scheduler(ctrl: MagnitudeSparsityController, p: MagnitudeSparsityParams) -> SparsityScheduler:
-    if p.schedule == "polynomial":
-        return PolynomialSparsityScheduler(
-            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch,
-            p.power, p.concave, p.update_per_optimizer_step, p.steps_per_epoch,
-        )
-    if p.schedule == "exponential":
-        return ExponentialSparsityScheduler(
-            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch
-        )
-    if p.schedule == "multistep":
-        return MultiStepSparsityScheduler(ctrl, p.sparsity_freeze_epoch, p.multistep_steps,
-                                          p.multistep_sparsity_levels)
-    if p.schedule == "adaptive":
-        return AdaptiveSparsityScheduler(
-            ctrl, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.patience, p.step, p.eps
-        )
-    raise ConfigError("params.schedule", f"unknown schedule {p.schedule!r}; allowed: polynomial, "
-                      "exponential, multistep, adaptive", p.schedule)

@@ -20,9 +20,8 @@ masks draw no noise. The logits are model parameters: an optimizer made from
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,33 +41,14 @@ from ..selection import select_weighted_ops
 from ..state_fields import state_bool, state_level
 from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, SparsityStatistics
 from .rb_loss import RBMask, RBSparsityLoss
-from .schedulers import (
-    AdaptiveSparsityScheduler,
-    ExponentialSparsityScheduler,
-    MultiStepSparsityScheduler,
-    PolynomialSparsityScheduler,
-    SparsityLevelTarget,
-    SparsityScheduler,
-)
+from .schedule_params import SparsityScheduleParams, make_sparsity_scheduler
 
 
 @dataclass(frozen=True)
-class RBSparsityParams:
-    """The typed keys of an ``rb_sparsity`` section, with NNCF 2.x defaults."""
+class RBSparsityParams(SparsityScheduleParams):
+    """The typed keys of an ``rb_sparsity`` section, with NNCF 2.x defaults (schedule: exponential)."""
 
-    sparsity_init: float = fs.DEFAULT_SPARSITY_INIT
     schedule: str = fs.DEFAULT_RB_SCHEDULE
-    sparsity_target: float = fs.DEFAULT_SPARSITY_TARGET
-    sparsity_target_epoch: float = fs.DEFAULT_SPARSITY_TARGET_EPOCH
-    sparsity_freeze_epoch: int = fs.DEFAULT_SPARSITY_FREEZE_EPOCH
-    power: float = fs.DEFAULT_POWER
-    concave: bool = fs.DEFAULT_CONCAVE
-    update_per_optimizer_step: bool = fs.DEFAULT_UPDATE_PER_OPTIMIZER_STEP
-    steps_per_epoch: int | None = None
-    patience: int = fs.DEFAULT_PATIENCE
-    multistep_steps: list[int] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_STEPS))
-    multistep_sparsity_levels: list[float] = field(default_factory=lambda: list(fs.DEFAULT_MULTISTEP_LEVELS))
-    sparsity_level_setting_mode: str = "global"
     lr_multiplier: float = 1.0
 
     @classmethod
@@ -78,50 +58,16 @@ class RBSparsityParams:
         :raises ConfigError: naming the JSON path, e.g. for levels outside ``[0, 1)`` or the
             ``local`` mode.
         """
-        path = section.json_path
-        values = {k: v for k, v in section.params.items() if k in cls.__dataclass_fields__}
-        if "sparsity_init" in section.section:
-            values["sparsity_init"] = section.section["sparsity_init"]
-        values["lr_multiplier"] = _lr_multiplier(section)
-        p = cls(**values)
+        p = cls(**cls.section_values(section), lr_multiplier=_lr_multiplier(section))
         if p.sparsity_level_setting_mode == "local":
             raise ConfigError(
-                f"{path}.params.sparsity_level_setting_mode",
+                f"{section.json_path}.params.sparsity_level_setting_mode",
                 "'local' is not supported for rb_sparsity: NNCF 2.x's per-layer RB loss failed on its first "
                 "call (it reads a 'sparsify' flag its RB masks do not have); allowed: 'global'",
                 "local",
             )
-        multistep = p.schedule == "multistep"
-        if multistep and len(p.multistep_sparsity_levels) != len(p.multistep_steps) + 1:
-            raise ConfigError(f"{path}.params.multistep_sparsity_levels",
-                              f"needs one more level than multistep_steps has steps ({len(p.multistep_steps)}), "
-                              f"got {len(p.multistep_sparsity_levels)}", p.multistep_sparsity_levels)
-        if multistep and p.multistep_steps != sorted(set(p.multistep_steps)):
-            raise ConfigError(f"{path}.params.multistep_steps", "must be strictly increasing", p.multistep_steps)
-        if not multistep and p.sparsity_init > p.sparsity_target:
-            raise ConfigError(f"{path}.sparsity_init", f"{p.sparsity_init} is above params.sparsity_target "
-                              f"{p.sparsity_target}; the schedule raises the level from sparsity_init to "
-                              "sparsity_target", p.sparsity_init)
-        levels = ([("params.multistep_sparsity_levels", v) for v in p.multistep_sparsity_levels] if multistep
-                  else [("sparsity_init", p.sparsity_init), ("params.sparsity_target", p.sparsity_target)])
-        for key, value in levels:
-            if not 0.0 <= value < 1.0:  # False for NaN
-                raise ConfigError(f"{path}.{key}", "an RB sparsity level must be in [0, 1) "
-                                  "(1.0 would ask the loss to drop every weight)", value)
-        if p.update_per_optimizer_step and p.schedule != "polynomial":
-            warnings.warn(f"{path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
-                          f"the {p.schedule} schedule updates once per epoch", stacklevel=2)
+        p.check(section.json_path, "1.0 would ask the loss to drop every weight")
         return p
-
-    @property
-    def initial_level(self) -> float:
-        """The level set at creation."""
-        return self.multistep_sparsity_levels[0] if self.schedule == "multistep" else self.sparsity_init
-
-    @property
-    def final_level(self) -> float:
-        """The level the schedule ends at."""
-        return self.multistep_sparsity_levels[-1] if self.schedule == "multistep" else self.sparsity_target
 
 
 def _lr_multiplier(section: AlgorithmSection) -> float:
@@ -131,29 +77,6 @@ def _lr_multiplier(section: AlgorithmSection) -> float:
                           f"{value!r} is not allowed; allowed: a finite number >= 0 (0 freezes the masks' logits "
                           "against both losses)", value)
     return float(value)
-
-
-def make_sparsity_scheduler(target: SparsityLevelTarget, p: RBSparsityParams) -> SparsityScheduler:
-    """The scheduler named by ``params.schedule``, driving ``target``.
-
-    :raises ConfigError: for an unknown schedule.
-    """
-    if p.schedule == "polynomial":
-        return PolynomialSparsityScheduler(
-            target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch, p.sparsity_target_epoch,
-            p.power, p.concave, p.update_per_optimizer_step, p.steps_per_epoch,
-        )
-    if p.schedule == "exponential":
-        return ExponentialSparsityScheduler(target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch,
-                                            p.sparsity_target_epoch)
-    if p.schedule == "multistep":
-        return MultiStepSparsityScheduler(target, p.sparsity_freeze_epoch, p.multistep_steps,
-                                          p.multistep_sparsity_levels)
-    if p.schedule == "adaptive":
-        return AdaptiveSparsityScheduler(target, p.sparsity_init, p.sparsity_target, p.sparsity_freeze_epoch,
-                                         p.patience, fs.DEFAULT_ADAPTIVE_STEP, fs.DEFAULT_ADAPTIVE_EPS)
-    raise ConfigError("params.schedule", f"unknown schedule {p.schedule!r}; allowed: polynomial, exponential, "
-                      "multistep, adaptive", p.schedule)
 
 
 def rb_mask_layout(
