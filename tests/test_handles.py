@@ -75,3 +75,34 @@ def test_export_model_uses_the_registered_controller(compressed, tmp_path: Path)
     with torch.no_grad():
         want = model.eval()(x)
     assert float((got - want).abs().max()) < 0.05 * float(want.abs().max()) + 1e-3
+
+
+def test_strip_of_a_pruned_model_removes_the_channels() -> None:
+    from nncompress.demo.cnns import CifarResNet
+
+    torch.manual_seed(0)
+    config = {"input_info": {"sample_size": [1, 1, 8, 8]},
+              "compression": {"algorithm": "filter_pruning", "pruning_init": 0.5,
+                              "params": {"prune_first_conv": True, "prune_downsample_convs": True,
+                                         "channel_multiple": 1}}}
+    ctrl, model = nnc.create_compressed_model(CifarResNet(widths=(16, 32), blocks=1, in_channels=1).eval(), config)
+    x = torch.randn(2, 1, 8, 8)
+    expected = model(x)
+    small = nnc.strip(model)  # a copy, through the model's controller: channels physically removed
+    assert type(small) is CifarResNet and get_runtime(small) is None
+    assert small.stem[0].out_channels == 8 and model.stem[0].out_channels == 16
+    torch.testing.assert_close(small(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_strip_of_a_distilling_model_drops_the_teacher() -> None:
+    from nncompress.algorithms.distillation.teacher import distilling
+
+    torch.manual_seed(0)
+    config = {"input_info": {"sample_size": [2, 1, 8, 8]}, "compression": {"algorithm": "knowledge_distillation",
+                                                                           "type": "mse"}}
+    _, model = nnc.create_compressed_model(ResidualCNN(), config)
+    assert distilling(model)
+    stripped = nnc.strip(model)
+    assert not distilling(stripped) and distilling(model)  # the copy only
+    nnc.strip(model, do_copy=False)
+    assert not distilling(model)
