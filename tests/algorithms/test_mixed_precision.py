@@ -347,3 +347,36 @@ def test_hawq_without_weight_quantizers_keeps_the_configured_bits(cnn: ResidualC
     ctrl, _ = nnc.create_compressed_model(cnn, config, init_data=_data())
     assert ctrl.hawq is not None and ctrl.hawq.draws == 0
     assert set(_bits(ctrl).values()) == {6} and all(q.group == "activations" for q in ctrl.quantizers)
+
+
+class _AddInPlaceNoRebind(nn.Module):
+    """``x.add_(y)`` on the model input, ``x`` read again afterwards (the result is not rebound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        x.add_(y)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_inplace_add_keeps_its_write_when_its_input_cannot_be_quantized_at_the_producer() -> None:
+    # quantizing the written tensor at the add's input would hand the add a copy: the write would
+    # reach the copy only, and the later read of ``x`` would miss ``y`` (10% off before the fix)
+    torch.manual_seed(0)
+    float_model = _AddInPlaceNoRebind()
+    config = {"input_info": {"sample_size": [1, 3, 8, 8]},
+              "compression": {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}}}
+    ctrl, model = nnc.create_compressed_model(copy.deepcopy(float_model), config,
+                                              init_data=[(torch.randn(8, 3, 8, 8), torch.zeros(8))])
+    model.eval()
+    float_model.eval()
+    x = torch.randn(16, 3, 8, 8)
+    expected = float_model(x.clone()).detach()
+    got = model(x.clone()).detach()
+    assert float((got - expected).abs().max()) < 0.02 * float(expected.abs().max())
+    rows = [r for r in ctrl.capture_report.rows if r.op.endswith("add__0") and r.weight.startswith("input 0")]
+    assert len(rows) == 1 and not rows[0].compressed and "in place" in rows[0].reason

@@ -169,6 +169,10 @@ def _place_activations(graph, section, params, rules, report, skip_reason) -> li
             reason = skip_reason(node.name, "activations")
             if reason is None:
                 reason = _rule_skip(node, rules) or _activation_skip(graph, node, port, producer, params, consumers)
+            if reason is None and port == 0 and node.op.endswith("_") and not _at_output(graph, producer, own_port):
+                # a quantizer at this input would hand the op a copy: ``x.add_(y)`` would write the copy,
+                # and a later read of ``x`` (not rebound to the op's result) would miss the write
+                reason = "written in place by this op and not quantizable where it is produced"
             if reason is None and producer in placed and not own_port:
                 i = placed[producer]
                 out[i] = QuantizerPlacement(out[i].point, "activations", out[i].params, None, 1,
@@ -182,14 +186,21 @@ def _place_activations(graph, section, params, rules, report, skip_reason) -> li
             if reason is not None:
                 continue
             assert producer is not None
-            single_output = producer.startswith("@") or len(graph.nodes[producer].output_shapes) == 1
-            if single_output and not producer.startswith("@") and not own_port:
+            if _at_output(graph, producer, own_port):
                 point = TargetPoint(TargetType.OPERATION_OUTPUT, producer)
                 placed[producer] = len(out)
             else:  # a model input or one output of several: quantize at this consumer's input
                 point = TargetPoint(TargetType.OPERATION_INPUT, node.name, port=port)
             out.append(QuantizerPlacement(point, "activations", qp, None, 1, (node.name,)))
     return out
+
+
+def _at_output(graph: CapturedGraph, producer: str | None, own_port: bool) -> bool:
+    """Whether an activation from ``producer`` is quantized at its output (else at the consumer's input):
+    not for a model input, one output of several, or a consumer that asks for its own quantizer."""
+    if producer is None or producer.startswith("@") or own_port:
+        return False
+    return len(graph.nodes[producer].output_shapes) == 1
 
 
 def _is_global_mean(graph: CapturedGraph, node: OpNode) -> bool:
