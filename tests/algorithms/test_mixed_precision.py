@@ -380,3 +380,23 @@ def test_inplace_add_keeps_its_write_when_its_input_cannot_be_quantized_at_the_p
     assert float((got - expected).abs().max()) < 0.02 * float(expected.abs().max())
     rows = [r for r in ctrl.capture_report.rows if r.op.endswith("add__0") and r.weight.startswith("input 0")]
     assert len(rows) == 1 and not rows[0].compressed and "in place" in rows[0].reason
+
+
+def test_hawq_refuses_a_candidate_count_it_cannot_enumerate_before_estimating_traces() -> None:
+    # 27 weights and 7 widths: C(33, 6) = 1.1 million non-decreasing sequences, each scored in Python
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(27)])
+    config = {"input_info": {"sample_size": [1, 2]},
+              "compression": {"algorithm": "quantization", "initializer": {
+                  "range": {"num_init_samples": 2}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
+                  "precision": {"type": "hawq", "bits": [2, 3, 4, 5, 6, 7, 8], "compression_ratio": 1.5}}}}
+
+    def data() -> Any:
+        raise AssertionError("traces were estimated before the candidates were counted")
+        yield
+
+    class Lazy:
+        def __iter__(self) -> Any:
+            return data()
+
+    with pytest.raises(ConfigError, match=r"precision\.bits.*1107568 candidates"):
+        nnc.create_compressed_model(model, config, init_data=Lazy())

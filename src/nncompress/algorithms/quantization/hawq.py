@@ -24,6 +24,7 @@ Each draw is averaged over ``torch.distributed`` ranks, so every rank gets the s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ from .quantizers import FakeQuantizer
 
 _LOG = logging.getLogger("nncompress")
 _SEED = 0  # Rademacher draws are reproducible: the same init_data gives the same bits
+MAX_CANDIDATES = 1_000_000
+"""At most this many bit assignments are scored (each is a Python loop over the quantizers)."""
 CACHED_BATCHES = 4
 """At most this many batches keep their gradient graph for all Hutchinson draws."""
 
@@ -132,6 +135,7 @@ def choose_hawq_bits(
     widx = [i for i, p in enumerate(placements) if p.group == "weights"]
     if not widx:  # nothing to choose (NNCF 2.x kept the setup as it was)
         return HawqChoice([p.params.bits for p in placements], [], [], [], 1.0, 0, 0)
+    _check_candidate_count(len(widx), precision)
     names = [f"{placements[i].point.target}.{placements[i].point.param}".lstrip(".") for i in widx]
     weights = [model.get_parameter(n) for n in names]
     estimate = estimate_average_traces(model, weights, init_data, precision)
@@ -150,13 +154,23 @@ def choose_hawq_bits(
             bits[widx[k]] = seq[pos]
         if precision.assignment_mode == "strict" and not _groups_agree(groups, widx, bits):
             continue
-        bits = tie_activation_bits(placements, bits)
+        bits = tie_activation_bits(placements, bits, groups)
         ratio = compression_ratio(macs, [bits[i] for i in widx], [max((bits[a] for a in f), default=None)
                                                                    for f in feeding])
         metric = sum(traces[k] * noise[(k, bits[i])] for k, i in enumerate(widx))
         scored.append((metric, ratio, bits))
     table = [{b: noise[(k, b)] for b in precision.bits} for k in range(len(widx))]
     return _pick(scored, precision, widx, traces, table, estimate)
+
+
+def _check_candidate_count(n_weights: int, precision: PrecisionParams) -> None:
+    """:raises ConfigError: when the candidates are too many to score (before any trace is estimated)."""
+    count = math.comb(n_weights + len(precision.bits) - 1, len(precision.bits) - 1)
+    if count > MAX_CANDIDATES:
+        raise ConfigError(f"{precision.json_path}.bits",
+                          f"{list(precision.bits)} on {n_weights} quantized weights gives {count} candidates (every "
+                          f"non-decreasing assignment in trace order), more than HAWQ scores ({MAX_CANDIDATES}); "
+                          "allowed: fewer widths, e.g. [2, 4, 8] or [4, 8]", list(precision.bits))
 
 
 def _pick(scored: list[tuple[float, float, list[int]]], precision: PrecisionParams, widx: list[int],

@@ -200,7 +200,8 @@ def adjacency_groups(placements: Sequence[QuantizerPlacement]) -> list[int]:
     return [roots.setdefault(find(f"#{i}"), len(roots)) for i in range(len(placements))]
 
 
-def tie_activation_bits(placements: Sequence[QuantizerPlacement], bits: list[int]) -> list[int]:
+def tie_activation_bits(placements: Sequence[QuantizerPlacement], bits: list[int],
+                        groups: Sequence[int] | None = None) -> list[int]:
     """Activation bits from the weights next to them, as NNCF 2.x without a hardware config.
 
     Each activation quantizer takes the fewest bits among the weight quantizers of its group
@@ -210,9 +211,11 @@ def tie_activation_bits(placements: Sequence[QuantizerPlacement], bits: list[int
 
     :param placements: the quantizers.
     :param bits: the bits of every quantizer (weights' chosen, activations' configured).
+    :param groups: :func:`adjacency_groups` of ``placements``, when the caller has it already.
     :return: the bits with the activations' replaced.
     """
-    groups = adjacency_groups(placements)
+    if groups is None:
+        groups = adjacency_groups(placements)
     fewest: dict[int, int] = {}
     for g, p, b in zip(groups, placements, bits):
         if p.group == "weights":
