@@ -219,15 +219,9 @@ class RBSparsityController(BaseSparsityController):
         """
         if not (dist.is_available() and dist.is_initialized()):
             raise InvalidArgumentError("distributed() needs an initialised torch.distributed process group")
-        state = torch.get_rng_state()
-        dist.broadcast(state, src=0)
-        torch.set_rng_state(state)
+        torch.set_rng_state(_broadcast_from_rank0(torch.get_rng_state()))
         if torch.cuda.is_available() and any(m.logits.is_cuda for m in self.masks):
-            cuda_state = torch.cuda.get_rng_state()
-            if dist.get_backend() == "nccl":
-                cuda_state = cuda_state.cuda()
-            dist.broadcast(cuda_state, src=0)
-            torch.cuda.set_rng_state(cuda_state.cpu())
+            torch.cuda.set_rng_state(_broadcast_from_rank0(torch.cuda.get_rng_state()))
 
     def _extra_state(self) -> dict[str, Any]:
         return {"current_level": self.current_level, "frozen": self.frozen}
@@ -239,3 +233,13 @@ class RBSparsityController(BaseSparsityController):
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.current_level = float(state["current_level"])
         self.freeze(bool(state["frozen"]))
+
+
+def _broadcast_from_rank0(state: torch.Tensor) -> torch.Tensor:
+    """Rank 0's copy of a (CPU) generator state; NCCL broadcasts CUDA tensors only, so it travels on the GPU."""
+    if dist.get_backend() == "nccl":
+        moved = state.cuda()
+        dist.broadcast(moved, src=0)
+        return moved.cpu()
+    dist.broadcast(state, src=0)
+    return state
