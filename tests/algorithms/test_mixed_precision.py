@@ -111,6 +111,8 @@ def test_unmatched_scope_is_an_error_naming_it(cnn: ResidualCNN) -> None:
     "precision,error,match",
     [
         ({"bitwidth_per_scope": [[9, "x"]]}, ConfigError, r"precision\.bitwidth_per_scope\[0\]\[0\]: 9 .*2\.\.8"),
+        ({"bitwidth_per_scope": [[4, "x"], [4, "{re}(("]]}, ConfigError,
+         r"precision\.bitwidth_per_scope\[1\]\[1\]: '\{re\}\(\(' is not a regular expression"),
         (_hawq(bits=[1, 8]), ConfigError, r"precision\.bits\[0\]: 1 .*2\.\.8"),
         (_hawq(iter_number=0), ConfigError, r"precision\.iter_number: 0 .*>= 1"),
         (_hawq(compression_ratio=0), ConfigError, r"precision\.compression_ratio: 0(\.0)? .*> 0"),

@@ -11,12 +11,13 @@ when asymmetric; inputs quantized, outputs not; range init
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nncompress.config import AlgorithmSection
 from nncompress.errors import ConfigError, UnsupportedAlgorithmError
-from nncompress.graph.scopes import scope_matches
+from nncompress.graph.scopes import REGEX_PREFIX, compile_scope_regex, scope_matches
 
 MIN_BITS, MAX_BITS = 2, 8
 DEFAULT_NUM_INIT_SAMPLES = 256
@@ -138,8 +139,9 @@ class PrecisionParams:
             _check(f"{json_path}.bits[{i}]", b, min_bits <= b <= max_bits, f"{min_bits}..{max_bits}")
         _check(f"{json_path}.bits", list(bits), bool(bits), "a non-empty list of bit widths")
         pairs = tuple((int(b), str(s)) for b, s in cfg.get("bitwidth_per_scope", []))
-        for i, (b, _) in enumerate(pairs):
+        for i, (b, scope) in enumerate(pairs):
             _check(f"{json_path}.bitwidth_per_scope[{i}][0]", b, min_bits <= b <= max_bits, f"{min_bits}..{max_bits}")
+            _check_regex(f"{json_path}.bitwidth_per_scope[{i}][1]", scope)
         if "traces_per_layer_path" in cfg:
             raise ConfigError(f"{json_path}.traces_per_layer_path", "loading Hessian traces from a file is not "
                               "supported (nothing is unpickled); remove the key: traces are estimated on init_data",
@@ -161,6 +163,17 @@ class PrecisionParams:
         _check(f"{json_path}.tolerance", params.tolerance, params.tolerance >= 0, "a number >= 0")
         _check(f"{json_path}.compression_ratio", params.compression_ratio, params.compression_ratio > 0, "a number > 0")
         return params
+
+
+def _check_regex(path: str, scope: str) -> None:
+    """:raises ConfigError: for a ``{re}`` scope that is not a regular expression."""
+    if not scope.startswith(REGEX_PREFIX):
+        return
+    try:  # compiled as the matcher compiles it: NNCF 2.x's names in it translated first
+        compile_scope_regex(scope[len(REGEX_PREFIX):])
+    except re.error as err:
+        raise ConfigError(path, f"{scope!r} is not a regular expression ({err}); allowed: '{{re}}' followed by a "
+                          "Python regular expression, or a quantizer id", scope) from err
 
 
 def _check(path: str, value: Any, ok: bool, allowed: str) -> None:
