@@ -299,6 +299,7 @@ def test_model_deepcopies_and_pickles_after_training() -> None:
         ({"params": {"schedule": "multistep", "multistep_steps": [3, 1], "multistep_sparsity_levels": [0, 0.1, 0.2]}},
          "compression.params.multistep_steps"),
         ({"params": {"sparsity_target": 1.0}}, "compression.params.sparsity_target"),
+        ({"params": {"schedule": "polynomial", "power": 0}}, "compression.params.power"),
     ],
 )
 def test_bad_config_names_the_json_path(section: dict[str, Any], path: str) -> None:

@@ -10,6 +10,7 @@ Both NNCF 2.x sections take the same ``sparsity_init`` and ``params`` schedule k
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,8 @@ class SparsityScheduleParams:
         return values
 
     def check(self, json_path: str, what: str) -> None:
-        """Check what the schema cannot: multistep lists, ``sparsity_init <= sparsity_target``, levels in ``[0, 1)``.
+        """Check what the schema cannot: multistep lists, ``sparsity_init <= sparsity_target``, levels in
+        ``[0, 1)``, a polynomial ``power > 0``.
 
         :param json_path: the section's JSON path, for messages.
         :param what: why a level of 1 is refused, e.g. ``"1.0 would zero every weight"``.
@@ -80,6 +82,9 @@ class SparsityScheduleParams:
         for key, value in checked:
             if not 0.0 <= value < 1.0:  # False for NaN
                 raise ConfigError(f"{json_path}.{key}", f"a sparsity level must be in [0, 1) ({what})", value)
+        if self.schedule == "polynomial" and not 0.0 < self.power < math.inf:  # False for NaN
+            raise ConfigError(f"{json_path}.params.power", "the polynomial schedule's exponent must be a finite "
+                              "number > 0", self.power)
         if self.update_per_optimizer_step and self.schedule != "polynomial":
             warnings.warn(f"{json_path}.params.update_per_optimizer_step applies to the polynomial schedule only; "
                           f"the {self.schedule} schedule updates once per epoch", stacklevel=3)
