@@ -107,6 +107,14 @@ def test_unmatched_scope_is_an_error_naming_it(cnn: ResidualCNN) -> None:
     _untouched(cnn)
 
 
+def test_a_part_of_several_ids_sets_them_all_with_a_warning(cnn: ResidualCNN) -> None:
+    # NNCF 2.x matched ``scope in str(insertion_point)`` and set only the first quantizer it found
+    with pytest.warns(UserWarning, match=r"\[0\]\[1\]: 'Conv2d\[pw\]/conv2d_0\|WEIGHT' is a part of 2 "):
+        ctrl, _ = nnc.create_compressed_model(cnn, _config({"bitwidth_per_scope": [[4, "Conv2d[pw]/conv2d_0|WEIGHT"]]}),
+                                              init_data=_data())
+    assert sorted(b for qid, b in _bits(ctrl).items() if qid.endswith("|WEIGHT")) == [4, 4, 8, 8, 8, 8]
+
+
 @pytest.mark.parametrize(
     "precision,error,match",
     [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -156,6 +157,9 @@ def match_quantizers(scope: str, ids: Sequence[QuantizerIds]) -> list[int]:
 def manual_bits(params: PrecisionParams, ids: Sequence[QuantizerIds]) -> dict[int, int]:
     """The bits ``bitwidth_per_scope`` sets, by quantizer index (a later entry wins).
 
+    An entry found only as a part of several ids sets them all, with a warning (NNCF 2.x set the
+    first one it found).
+
     :raises ScopeMatchError: for an entry that names no quantizer, with its JSON path and close ids.
     """
     chosen: dict[int, int] = {}
@@ -171,9 +175,19 @@ def manual_bits(params: PrecisionParams, ids: Sequence[QuantizerIds]) -> dict[in
                 f"{hint}. Name a quantizer as '<op>|WEIGHT', '<op>|OUTPUT' or '<op>|INPUT<port>', or use "
                 '"{re}<regex>"; the capture report lists the ops and which got quantizers'
             )
+        if len(hits) > 1 and not scope.startswith(REGEX_PREFIX) and not _named(scope, ids):
+            warnings.warn(f"{params.json_path}.bitwidth_per_scope[{i}][1]: {scope!r} is a part of {len(hits)} quantizer "
+                          f"ids, all set to {bits} bits (e.g. {ids[hits[0]].id!r}, {ids[hits[1]].id!r}); NNCF 2.x set "
+                          "only the first it found. Name one quantizer by its full id to set one", stacklevel=2)
         for h in hits:
             chosen[h] = bits
     return chosen
+
+
+def _named(scope: str, ids: Sequence[QuantizerIds]) -> bool:
+    """Whether ``scope`` names a quantizer or a module scope directly (not only as a part of ids)."""
+    name, kind = _split_scope(scope)
+    return any(_id_matches(x, name, kind) for q in ids for x in (q.id, *q.aliases))
 
 
 # -- groups, activation bits, bit complexity -----------------------------------------------------
