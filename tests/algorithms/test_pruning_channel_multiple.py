@@ -97,3 +97,11 @@ def test_all_weights_flops_target_with_a_skipped_group() -> None:
 def test_bad_multiple_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="channel_multiple"):
         config(channel_multiple=0)
+
+
+def test_coarse_steps_trade_between_groups_to_reach_the_target() -> None:
+    # 32-64-128 at 50%: uniform multiples of 16 jump from 46% to 55%; trading steps between groups lands closer
+    ctrl, _ = pruned(pruning_flops_target=0.5)
+    assert abs(ctrl.statistics().filter_pruning.flops_pruning_level - 0.5) <= 0.01
+    assert levels.previous_pruned(64, 48, 16) == 32 and levels.previous_pruned(24, 8, 16) == 0
+    assert levels.previous_pruned(64, 0, 16) is None

@@ -61,6 +61,15 @@ def next_pruned(channels: int, pruned: int, multiple: int) -> int | None:
     return channels - fewer if fewer >= 1 else None
 
 
+def previous_pruned(channels: int, pruned: int, multiple: int) -> int | None:
+    """The next smaller allowed pruned count of a group (one multiple more kept), ``None`` at 0."""
+    if pruned == 0:
+        return None
+    kept = channels - pruned
+    more = min(channels, (kept // multiple + 1) * multiple) if multiple > 1 else kept + 1
+    return channels - more
+
+
 def min_kept(channels: int, multiple: int) -> int:
     """The fewest channels a group can keep: one multiple (all of them if it is not wider than that)."""
     return channels if channels <= multiple else multiple
@@ -113,9 +122,31 @@ def uniform_counts_for_flops(channels: Mapping[int, int], removed: Removed, targ
     if multiple == 1 or abs(removed(near) - target) <= FLOPS_TOLERANCE:
         return near  # single channels: within one channel's FLOPs of the target
     # coarse steps (wide multiples, few groups): uniform levels jump past the target; let the groups
-    # differ, taking the smallest FLOPs step of any group each time
-    free = _steps_to_target(channels, before, removed, target, multiple, limit=None)
+    # differ, taking the smallest FLOPs step of any group each time, then trading steps between groups
+    free = _refine(channels, _steps_to_target(channels, before, removed, target, multiple, limit=None),
+                   removed, target, multiple)
     return near if abs(removed(near) - target) <= abs(removed(free) - target) else free
+
+
+def _refine(channels: Mapping[int, int], state: Counts, removed: Removed, target: float, multiple: int,
+            rounds: int = 50) -> Counts:
+    """Hill-climb on the distance to ``target``: move one group a step, or one group up and another
+    down, while that brings the removed FLOPs share closer."""
+    def moves(g: int) -> list[int]:
+        return [p for p in (next_pruned(channels[g], state[g], multiple),
+                            previous_pruned(channels[g], state[g], multiple)) if p is not None]
+
+    for _ in range(rounds):
+        best, gap = state, abs(removed(state) - target)
+        singles = [{**state, g: p} for g in channels for p in moves(g)]
+        pairs = [{**one, h: p} for one in singles for h in channels if one[h] == state[h] for p in moves(h)]
+        for candidate in singles + pairs:
+            if (d := abs(removed(candidate) - target)) < gap - 1e-12:
+                best, gap = candidate, d
+        if best is state:
+            return state
+        state = best
+    return state
 
 
 FLOPS_TOLERANCE = 0.01
