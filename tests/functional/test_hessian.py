@@ -130,3 +130,19 @@ def test_non_decreasing_sequences_are_all_of_them(length: int, options: set[int]
     assert len(seqs) == len(set(seqs)) and set(seqs) == brute
     if length:
         assert len(seqs) == math.comb(length + len(options) - 1, length)
+
+
+def test_stopping_rule_sums_per_element_average_traces_as_nncf() -> None:
+    # NNCF 2.x stops on the relative change of sum_i tr(H_ii) / |W_i| (its "average traces"): a
+    # 1000-element block whose total trace moves 5% moves that sum by 0.45% only
+    draws = iter([torch.tensor([10.0, 1000.0]), *[torch.tensor([10.0, 1100.0])] * 9])
+    est = hutchinson_traces(lambda v: next(draws), [torch.zeros(1), torch.zeros(1000)], max_iter=10, tolerance=0.01)
+    assert est.converged and est.draws == 2
+    torch.testing.assert_close(est.traces, torch.tensor([10.0, 1050.0], dtype=torch.float64))
+
+
+def test_stopping_rule_with_a_negative_total_still_needs_the_tolerance() -> None:
+    # NNCF divided by the signed previous total: any negative total stopped at the second draw
+    draws = iter([torch.tensor([-1.0]), torch.tensor([-3.0]), *[torch.tensor([-2.0])] * 8])
+    est = hutchinson_traces(lambda v: next(draws), [torch.zeros(1)], max_iter=10, tolerance=0.01)
+    assert est.draws > 2

@@ -14,7 +14,10 @@ independent with zero mean. Averaging over ``m`` draws estimates each block's tr
 :func:`hutchinson_traces` draws until the estimate of the total trace settles, with NNCF 2.x's
 stopping rule (``nncf/torch/quantization/hessian_trace.py``): stop once
 ``|T_k - T_{k-1}| / (T_{k-1} + 1e-6) < tolerance``, ``T_k`` being the sum over blocks of the
-running means after ``k`` draws, or after ``max_iter`` draws. NNCF started each draw's
+running means after ``k`` draws divided by each block's size (NNCF's average traces), or after
+``max_iter`` draws. NNCF divided by ``T_{k-1} + 1e-6`` without the absolute value, so a negative
+total (an untrained network) stopped it at the second draw whatever the tolerance; here
+``|T_{k-1}|``. NNCF started each draw's
 accumulator from Gaussian noise; here it starts from zero, so the estimate is unbiased.
 """
 
@@ -102,7 +105,8 @@ def hutchinson_traces(
         on the gradients of a loss), a 1-d tensor with one value per block.
     :param like: tensors shaped like the blocks (the parameters).
     :param max_iter: most draws, ``>= 1``.
-    :param tolerance: relative change of the total trace that stops the loop, ``>= 0``.
+    :param tolerance: relative change of the summed average traces (``tr(H_ii) / |W_i|``) that
+        stops the loop, ``>= 0``.
     :param generator: CPU generator of the draws (reproducible estimates).
     :return: the estimate.
     :raises InvalidArgumentError: for ``max_iter < 1`` or a negative ``tolerance``.
@@ -110,11 +114,12 @@ def hutchinson_traces(
     if max_iter < 1 or tolerance < 0:
         raise InvalidArgumentError(f"max_iter must be >= 1 and tolerance >= 0, got {max_iter} and {tolerance}")
     total = torch.zeros(len(like), dtype=torch.float64)
+    numels = torch.tensor([max(t.numel(), 1) for t in like], dtype=torch.float64)
     previous = 0.0
     for k in range(1, max_iter + 1):
         total = total + quadratic_forms(rademacher_like(like, generator)).double().cpu()
-        current = float(total.sum()) / k
-        if abs(current - previous) / (previous + STOP_EPS) < tolerance:
+        current = float((total / numels).sum()) / k  # NNCF: the sum of the average (per-element) traces
+        if abs(current - previous) / (abs(previous) + STOP_EPS) < tolerance:  # NNCF: no abs (see above)
             return TraceEstimate(total / k, k, True)
         previous = current
     return TraceEstimate(total / max_iter, max_iter, False)
