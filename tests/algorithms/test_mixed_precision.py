@@ -162,6 +162,21 @@ def test_hawq_mixes_bits_under_the_ratio_by_ascending_trace(cnn: ResidualCNN) ->
     assert torch.isfinite(model(torch.randn(2, 1, 8, 8))).all()
 
 
+def test_hawq_uses_whole_batches_up_to_num_data_points_as_nncf(cnn: ResidualCNN) -> None:
+    # NNCF 2.x: num_data_points // batch_size batches (at least one); 40 points of batches of 16 are 2
+    data = _data(3)
+    data[2] = (torch.full_like(data[2][0], float("nan")), data[2][1])  # would make every trace NaN
+    ctrl, _ = nnc.create_compressed_model(cnn, _config(_hawq(num_data_points=40)), init_data=data)
+    assert ctrl.hawq is not None and all(np.isfinite(ctrl.hawq.traces))
+
+
+def test_hawq_refuses_non_finite_traces(cnn: ResidualCNN) -> None:
+    data = [(torch.full_like(x, float("nan")), y) for x, y in _data()]
+    with pytest.raises(InitDataError, match=r"precision: HAWQ's Hessian traces are not finite"):
+        nnc.create_compressed_model(cnn, _config(_hawq()), init_data=data)
+    _untouched(cnn)
+
+
 def test_compression_ratio_is_int8_bit_complexity_over_the_mixed_one() -> None:
     macs, wbits, abits = [100, 300, 50], [4, 8, 2], [8, 4, None]
     expected = 8 * 450 / (100 * 8 + 300 * 8 + 50 * 2)  # max(weight, input) bits per op

@@ -6,7 +6,8 @@ As ``nncf/torch/quantization/precision_init/hawq_init.py`` (HAWQ-v2, Dong et al.
    ``t_i = tr(H_ii) / |W_i|``, by Hutchinson's estimator
    (:func:`~nncompress.functional.hessian.hutchinson_traces`) on the first ``num_data_points``
    samples of ``init_data``, with at most ``iter_number`` Rademacher draws and NNCF's relative
-   ``tolerance`` stopping rule. The model runs in eval mode with BatchNorm on batch statistics
+   ``tolerance`` stopping rule (the whole batches that fit in ``num_data_points``, at least one).
+   The model runs in eval mode with BatchNorm on batch statistics
    (as in training; running statistics restored), with the user's ``criterion`` (default
    cross-entropy on ``(inputs, target)`` batches).
 2. The quantization noise of each weight at each candidate width, ``n_i(b) = ||Q_b(W_i) - W_i||^2``,
@@ -140,6 +141,11 @@ def choose_hawq_bits(
     weights = [model.get_parameter(n) for n in names]
     estimate = estimate_average_traces(model, weights, init_data, precision)
     traces = [float(t) / max(w.numel(), 1) for t, w in zip(estimate.traces, weights)]
+    if not all(math.isfinite(t) for t in traces):
+        bad = [n for n, t in zip(names, traces) if not math.isfinite(t)][:3]
+        raise InitDataError(f"{precision.json_path}: HAWQ's Hessian traces are not finite (NaN or inf) for {bad}: the "
+                            "loss on init_data is not finite or overflows; check the init_data, the model and the "
+                            "criterion")
     noise = {(k, b): quantization_noise(params, placements[i], weights[k], b)
              for k, i in enumerate(widx) for b in precision.bits}
     order = sorted(range(len(widx)), key=lambda k: traces[k])  # ascending trace
@@ -271,6 +277,8 @@ def _loss_batches(init_data: Iterable[Any], precision: PrecisionParams, need_tar
                 "(outputs, target, criterion) -> loss with register_default_init_args"
             )
         n = batch_size(args, kwargs)
+        if out and seen + n > precision.num_data_points:
+            break  # NNCF 2.x: num_data_points // batch_size whole batches, at least one
         out.append((args, kwargs, target, n))
         seen += n
         if seen >= precision.num_data_points:
