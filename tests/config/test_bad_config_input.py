@@ -143,6 +143,17 @@ def test_nan_literal_in_a_file(tmp_path: Path) -> None:
         CompressionConfig.from_json(_write(tmp_path, text.encode()))
 
 
+@pytest.mark.parametrize(("config", "path"), [
+    ({"compression_lr_multiplier": -1, "compression": {"algorithm": "rb_sparsity"}}, "compression_lr_multiplier"),
+    ({"compression": {"algorithm": "quantization", "compression_lr_multiplier": -2}},
+     "compression.compression_lr_multiplier"),
+])
+def test_negative_lr_multiplier_is_refused_where_it_was_written(config: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CompressionConfig.from_dict(config)
+    assert info.value.json_path == path and "at least 0" in str(info.value)
+
+
 def test_edited_config_is_checked_by_validate() -> None:
     config = CompressionConfig.from_dict(GOOD)
     config["compression"][0]["sparsity_init"] = math.nan

@@ -208,7 +208,7 @@ CONFIG_SCHEMA: Schema = {
         ),
         "accuracy_aware_training": ACCURACY_AWARE_TRAINING_SCHEMA,
         "bootstrapNAS": BOOTSTRAP_NAS_SCHEMA,
-        "compression_lr_multiplier": number("Default gradient multiplier of every algorithm."),
+        "compression_lr_multiplier": number("Default gradient multiplier of every algorithm.", minimum=0),
         "disable_shape_matching": boolean("Deprecated in NNCF 2.x: relax input shape matching."),
         "log_dir": string("Directory for logs written by the compression algorithms."),
     },

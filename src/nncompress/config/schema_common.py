@@ -152,7 +152,7 @@ SCOPING_PROPERTIES: dict[str, Schema] = {
 
 COMPRESSION_LR_MULTIPLIER: dict[str, Schema] = {
     "compression_lr_multiplier": number(
-        "Multiplier applied to the gradients of the algorithm's own trainable parameters."
+        "Multiplier applied to the gradients of the algorithm's own trainable parameters.", minimum=0
     )
 }
 """The ``compression_lr_multiplier`` key, allowed in sections with trainable parameters."""
