@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class SparsityMask(nn.Module):
 
     :param weight: the weight to mask (for shape, dtype and device).
     """
+
+    masks_rows_read = True
+    """An ``embedding`` op on the masked table masks just the rows it reads (:meth:`embedding_rows`)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -138,14 +142,20 @@ class SparsityStatistics:
 
 
 def mask_layout(
-    nodes: list[OpNode], graph: CapturedGraph, model: nn.Module, group: str
+    nodes: list[OpNode], graph: CapturedGraph, model: nn.Module, group: str,
+    make_mask: Callable[[torch.Tensor], SparsityMask] = SparsityMask,
 ) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
     """A mask on the main weight of each op, and the records the controller keeps.
+
+    A weight read only by its owning module is swapped in around that module's forward (one mask
+    per forward); others go through the hook mode, and so do embedding tables whose mask can
+    mask just the rows looked up (:attr:`SparsityMask.masks_rows_read`).
 
     :param nodes: the selected ops (each with a main weight).
     :param graph: the captured graph (to see which modules read each weight).
     :param model: the model (to read the weights).
     :param group: the algorithm name.
+    :param make_mask: builds the mask module from the (detached) weight.
     :return: the layout and one :class:`SparsifiedWeight` per op.
     """
     owner_only = graph.owner_only_weights()
@@ -154,11 +164,9 @@ def mask_layout(
     for node in nodes:
         w = node.weight
         assert w is not None  # selection only returns ops with a main weight
-        param = model.get_parameter(w.qualified_name)
-        mask = SparsityMask(param.detach())
+        mask = make_mask(model.get_parameter(w.qualified_name).detach())
         point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
-        # embedding tables go through the hook mode, which masks only the rows looked up
-        local = w.qualified_name in owner_only and node.op != "embedding"
+        local = w.qualified_name in owner_only and not (node.op == "embedding" and mask.masks_rows_read)
         layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, local))
         records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
     return layout, records

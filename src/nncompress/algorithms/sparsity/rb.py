@@ -33,13 +33,12 @@ from nncompress.api.statistics import CompressionStatistics, format_table
 from nncompress.config import AlgorithmSection
 from nncompress.errors import ConfigError, InvalidArgumentError
 from nncompress.functional import schedules as fs
-from nncompress.graph.capture import CapturedGraph, OpNode
-from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
+from nncompress.graph.layout import Priority, TransformationLayout
 
 from ..base import BaseBuilder
 from ..selection import select_weighted_ops
 from ..state_fields import state_bool, state_level
-from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, SparsityStatistics
+from .base import SPARSIFIABLE_OPS, BaseSparsityController, SparsifiedWeight, SparsityStatistics, mask_layout
 from .rb_loss import RBMask, RBSparsityLoss
 from .schedule_params import SparsityScheduleParams, make_sparsity_scheduler
 
@@ -79,28 +78,6 @@ def _lr_multiplier(section: AlgorithmSection) -> float:
     return float(value)
 
 
-def rb_mask_layout(
-    nodes: list[OpNode], graph: CapturedGraph, model: nn.Module, group: str, lr_multiplier: float
-) -> tuple[TransformationLayout, list[SparsifiedWeight]]:
-    """An :class:`RBMask` on the main weight of each op, and the records the controller keeps.
-
-    A weight read only by its owning module is swapped in around that module's forward (one
-    mask per forward, embedding tables included); others go through the hook mode.
-    """
-    owner_only = graph.owner_only_weights()
-    layout = TransformationLayout()
-    records = []
-    for node in nodes:
-        w = node.weight
-        assert w is not None  # selection only returns ops with a main weight
-        mask = RBMask(model.get_parameter(w.qualified_name).detach(), lr_multiplier)
-        point = TargetPoint(TargetType.WEIGHT, w.module, param=w.param)
-        local = w.qualified_name in owner_only
-        layout.register(InsertionCommand(point, mask, group, Priority.SPARSIFICATION, local))
-        records.append(SparsifiedWeight(node.name, w.qualified_name, w.shape, mask))
-    return layout, records
-
-
 class RBSparsityBuilder(BaseBuilder):
     """Puts a learned mask on the weight of every conv / linear / matmul / embedding op in scope."""
 
@@ -115,7 +92,8 @@ class RBSparsityBuilder(BaseBuilder):
     def _build_layout(self, model: nn.Module) -> TransformationLayout:
         graph = self._context.graph_for(model)
         nodes, self.report = select_weighted_ops(graph, self._section, SPARSIFIABLE_OPS)
-        layout, self._weights = rb_mask_layout(nodes, graph, model, self.algorithm, self.params.lr_multiplier)
+        lr = self.params.lr_multiplier
+        layout, self._weights = mask_layout(nodes, graph, model, self.algorithm, lambda w: RBMask(w, lr))
         return layout
 
     def build_controller(self, model: nn.Module) -> RBSparsityController:

@@ -81,6 +81,8 @@ class RBMask(SparsityMask):
         self.refresh_()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
+    masks_rows_read = False  # as NNCF 2.x, one mask is drawn for the whole table per forward
+
     def embedding_rows(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """``None``: as NNCF 2.x, one mask is drawn for the whole table per forward."""
         return None
