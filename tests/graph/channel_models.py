@@ -13,6 +13,7 @@ from torch import nn
 
 from nncompress.demo.cnns import MobileNetV2, MobileNetV3Small, ResNet50
 from nncompress.graph.channel_groups import ChannelGroup
+from tests.graph.mlp_models import MLP_MODELS
 from tests.model_zoo import ResidualCNN
 
 
@@ -285,6 +286,7 @@ PROPERTY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "depthwise_multiplier": (DepthwiseMultiplier, (2, 3, 16, 16)),
     "unet": (TinyUNet, (2, 3, 16, 16)),
     "conv1d": (Conv1dNet, (2, 3, 11)),
+    **MLP_MODELS,
 }
 
 
@@ -315,7 +317,8 @@ def random_keep(groups: list[ChannelGroup], gen: torch.Generator) -> dict[int, t
 
 class RandomNet(nn.Module):
     """A random DAG of convs (ordinary, depthwise, with BatchNorm and an activation), residual add
-    and mul, concat, squeeze-excitation and scalar ops on ``(N, 3, 8, 8)`` inputs, from a seed.
+    and mul, concat, squeeze-excitation and scalar ops on ``(N, 3, 8, 8)`` inputs, then a random MLP
+    head (linears, BatchNorm1d, activations, dropout) on the flattened or pooled result, from a seed.
 
     Every tensor keeps the 8x8 spatial size, so any two with equal channels can be added.
     """
@@ -365,7 +368,15 @@ class RandomNet(nn.Module):
             else:
                 self.program.append(("scalar", (src,), ("plus", "times")[pick(2)]))
                 channels.append(channels[src])
-        self.fc = nn.Linear(channels[-1], 3)
+        self.flatten = bool(pick(2))  # the head reads C x 8 x 8 features, or the C channel means
+        c, head = channels[-1] * (64 if self.flatten else 1), []
+        for _ in range(pick(3)):  # an MLP head: linear groups, with or without BatchNorm1d
+            cout = 2 + pick(5)
+            act = (nn.ReLU, nn.Sigmoid, nn.Hardswish, nn.Identity)[pick(4)]()
+            head += [nn.Linear(c, cout), *([nn.BatchNorm1d(cout)] if pick(2) else []), act, nn.Dropout(0.1)]
+            c = cout
+        self.head = nn.Sequential(*head)
+        self.fc = nn.Linear(c, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ts = [x]
@@ -385,4 +396,4 @@ class RandomNet(nn.Module):
             else:
                 y = a + 1 if extra == "plus" else a * 2
             ts.append(y)
-        return self.fc(ts[-1].mean((2, 3)))
+        return self.fc(self.head(ts[-1].flatten(1) if self.flatten else ts[-1].mean((2, 3))))

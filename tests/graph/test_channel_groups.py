@@ -30,6 +30,9 @@ def slots(group: ChannelGroup) -> set[tuple[str, str, int, int]]:
     return {(s.module, s.role, s.offset, s.repeat) for s in group.slots}
 
 
+MLP_HIDDEN = {"flatten_linear": {"fc"}, "mobilenet_v3_se": {"classifier.0"}}
+
+
 @pytest.mark.parametrize("name", ["resnet", "resnet18", "mobilenet_v2", "mobilenet_v3_se", "residual_cnn", "inception",
                                   "densenet", "flatten_linear", "pool_linear", "two_readers",
                                   "depthwise_multiplier"])
@@ -39,7 +42,8 @@ def test_every_conv_group_of_these_cnns_is_prunable(name: str) -> None:
     groups = groups_of(model, shape)
     convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
     produced = {s.module for g in groups for s in g.producers}
-    assert convs == produced  # every ordinary conv produces exactly one group
+    # every ordinary conv produces exactly one group; so does the hidden linear of an MLP head
+    assert produced == convs | MLP_HIDDEN.get(name, set())
     assert all(g.prunable for g in groups), [g.reason for g in groups if not g.prunable]
     assert [g.index for g in groups] == list(range(len(groups)))
 
@@ -150,10 +154,16 @@ def test_unprunable_groups_say_why(name: str, module: str, reason: str) -> None:
 
 
 def test_transformer_has_no_prunable_group() -> None:
+    """The patch conv's channels go through a transpose; the feed-forward linears work on
+    ``[N, T, F]`` (features on the last dim): their groups are listed, unprunable, saying why."""
     groups = groups_of(TinyViT())
-    assert len(groups) == 1 and not groups[0].prunable and "transpose" in groups[0].reason
+    assert not any(g.prunable for g in groups)
+    assert "transpose" in group_with(groups, "patch").reason
+    assert [g.producers[0].module for g in groups[1:]] == ["enc.linear1", "enc.linear2"]
+    assert all("3-D tensor" in g.reason and "last dim" in g.reason for g in groups[1:])
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
-    assert channel_groups(capture(enc, (torch.randn(2, 5, 16),)), enc) == []
+    groups = channel_groups(capture(enc, (torch.randn(2, 5, 16),)), enc)
+    assert len(groups) == 4 and not any(g.prunable for g in groups)
 
 
 class _Custom(nn.Module):

@@ -13,6 +13,7 @@ from nncompress.graph.channel_groups import channel_groups
 from nncompress.graph.flops import layer_costs, total_flops, total_params
 from nncompress.torch.channel_surgery import remove_channels
 from tests.graph.channel_models import PROPERTY_MODELS, random_keep
+from tests.graph.mlp_models import ConvMLP
 
 
 class _Small(nn.Module):
@@ -61,7 +62,8 @@ def test_small_net_against_hand_reference(k1: int, k2: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "inception", "densenet", "flatten_linear",
-                                  "two_readers", "depthwise_multiplier", "unet", "linear_se"])
+                                  "two_readers", "depthwise_multiplier", "unet", "linear_se", "mlp_head",
+                                  "mlp_batchnorm", "conv_mlp"])
 def test_kept_counts_match_the_physically_pruned_model(name: str) -> None:
     """total_flops / total_params with kept counts equal the dense counts of the pruned model."""
     factory, shape = PROPERTY_MODELS[name]
@@ -80,3 +82,17 @@ def test_kept_counts_match_the_physically_pruned_model(name: str) -> None:
         p.numel() for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
         for p in m.parameters(recurse=False))
     assert total_flops(costs, kept) < total_flops(costs)
+
+
+@pytest.mark.parametrize(("k1", "k2"), [(6, 20), (2, 7), (1, 1)])
+def test_conv_mlp_against_hand_reference(k1: int, k2: int) -> None:
+    """ConvMLP: conv 3->c1 (8x8), flatten of c1 x 4 x 4 into fc1 (->c2), fc2 (c2->3), in float64."""
+    model = ConvMLP().eval()
+    graph = capture(model, (torch.randn(2, 3, 8, 8),))
+    groups = channel_groups(graph, model)
+    costs = layer_costs(graph, groups)
+    assert [(c.module, c.in_group, c.out_group) for c in costs] == [("conv.0", None, 0), ("fc1", 0, 1), ("fc2", 1, None)]
+    flops = 2.0 * 2 * (k1 * 8 * 8 * 3 * 9 + k2 * k1 * 16 + 3 * k2)
+    params = (k1 * 27 + k1) + (k2 * k1 * 16 + k2) + (3 * k2 + 3)
+    assert total_flops(costs, {0: k1, 1: k2}) == flops
+    assert total_params(costs, {0: k1, 1: k2}) == params

@@ -1,4 +1,4 @@
-"""Channel dependency groups: which output channels of which convs must be pruned together.
+"""Channel dependency groups: which output channels of which convs and linears must be pruned together.
 
 Removing output channel ``c`` of a conv removes row ``c`` of its weight and bias, the BatchNorm
 and depthwise-conv channel ``c`` that follow it, and input channel ``c`` of every conv or linear
@@ -6,9 +6,12 @@ that reads it. Where two conv outputs meet in an elementwise op (a residual ``ad
 squeeze-excitation ``mul``) their channels must go together: they form one
 :class:`ChannelGroup`. ``torch.cat`` along the channels puts groups side by side (a consumer
 sees each at an offset); a flatten into a linear spreads each channel over ``H*W`` features
-(``repeat``).
+(``repeat``). A linear on ``[N, F]`` activations is a producer like a conv (its features are
+dim 1); its group is listed when another op reads its features (an MLP head), a classifier whose
+features only reach the model output makes none. On ``[N, T, F]`` the features are the last dim,
+so such a linear's group is listed as unprunable, saying so.
 
-:func:`channel_groups` follows every captured conv output through the graph. A group is prunable
+:func:`channel_groups` follows every captured conv and linear output through the graph. A group is prunable
 only if the *defining property* holds for it: zeroing its removed channels in every ``output``
 and ``channelwise`` slot (weight rows, bias, BatchNorm weight and bias) gives the same model
 output as removing them with :func:`nncompress.torch.channel_surgery.remove_channels`. Anything
@@ -69,8 +72,9 @@ class ChannelGroup:
     :param slots: every place the channels sit in a module's parameters.
     :param prunable: whether removing channels keeps the model's function (see the module doc).
     :param reason: why the group is not prunable (shown to the user); ``""`` if prunable.
-    :param first_conv: a producer conv is one of the first convs: a model input reaches it
-        through no other conv or linear (NNCF's ``prune_first_conv``).
+    :param first_conv: a producer conv or linear is one of the first: a model input reaches it
+        through no other conv or linear (NNCF's ``prune_first_conv``, whose first prunable nodes
+        include linears).
     :param downsample: a conv of the group (producer or depthwise) has a stride > 1; transposed
         convs never count (NNCF's ``prune_downsample_convs``, which checked every conv of a group).
     """
@@ -122,11 +126,11 @@ class _Elem:
     reason: str = ""
     first_conv: bool = False
     downsample: bool = False
-    conv: bool = False
+    listed: bool = False  # a conv computes or reads it, or it is a linear group that is read or refused
 
 
 def channel_groups(graph: CapturedGraph, model: nn.Module) -> list[ChannelGroup]:
-    """Every group of the captured conv outputs, prunable or not (with a reason).
+    """Every group of the captured conv and linear outputs, prunable or not (with a reason).
 
     :param graph: the model's capture (:func:`nncompress.graph.capture.capture`).
     :param model: the captured model (its modules' types and attributes are read, not changed).
@@ -135,6 +139,7 @@ def channel_groups(graph: CapturedGraph, model: nn.Module) -> list[ChannelGroup]
     builder = GroupBuilder(graph, model)
     for node in graph:
         builder.visit(node)
+    builder.list_linear_groups()
     for name in graph.outputs:
         layout = builder.layouts.get(name)
         if layout:
@@ -219,7 +224,7 @@ class GroupBuilder:
         ea.reason = ea.reason or eb.reason
         ea.first_conv |= eb.first_conv
         ea.downsample |= eb.downsample
-        ea.conv |= eb.conv
+        ea.listed |= eb.listed
 
     def refuse(self, layout: Layout | None, reason: str) -> None:
         """Make every group in the layout unprunable (the first reason stays)."""
@@ -332,9 +337,9 @@ class GroupBuilder:
             self.module_out[module] = e
             self.elems[e].slots.append(ChannelSlot(node.name, module, role))
         elem = self.elems[self.find(e)]
-        elem.conv |= conv
+        elem.listed |= conv
         elem.reason = elem.reason or reason
-        elem.first_conv |= conv and self.from_input(node.inputs[0])
+        elem.first_conv |= self.from_input(node.inputs[0] if node.inputs else None)
         elem.downsample |= downsample
         return (Segment(e, channels),)
 
@@ -353,11 +358,20 @@ class GroupBuilder:
             return f"a parameter of {name} is also read by another module"
         return name, module
 
+    def list_linear_groups(self) -> None:
+        """Mark for listing the groups of linears (no conv) that something reads or that a handler
+        already refused: a linear whose output only reaches a model output (a classifier) is left
+        out, as it never was a group."""
+        for e in range(len(self.elems)):
+            info = self.elems[self.find(e)]
+            if info.reason or any(s.role != "output" for s in info.slots):
+                info.listed = True
+
     def groups(self) -> list[ChannelGroup]:
         out: list[ChannelGroup] = []
         for e in range(len(self.elems)):
             info = self.elems[e]
-            if self.find(e) != e or not info.conv:
+            if self.find(e) != e or not info.listed:
                 continue
             out.append(ChannelGroup(len(out), info.channels, list(info.slots), not info.reason, info.reason,
                                     info.first_conv, info.downsample))

@@ -79,8 +79,10 @@ def conv(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
 
 
 def linear(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
-    """``linear`` on ``[N, F]``: consumes the features' groups; its output is a group that only
-    counts where it meets a conv group (a squeeze-excitation made of linears)."""
+    """``linear``: on ``[N, F]`` its input features are a consumer slot and its output features a
+    group (listed when something reads it, see ``GroupBuilder.list_linear_groups``). On more dims
+    (``[N, T, F]``) the features are the last dim, not dim 1: the groups it reads or makes are
+    refused."""
     x = ins[0] if ins else None
     _others(b, node, ins)
     found = b.owner(node, (nn.Linear,), 1)
@@ -88,6 +90,7 @@ def linear(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
         b.refuse(x, found)
         return None
     name, m = found
+    assert isinstance(m, nn.Linear)  # owner() checked the type
     in_shape = b.shape(node, 0)
     if x is not None:
         if in_shape is None or len(in_shape) != 2:
@@ -99,8 +102,12 @@ def linear(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
             b.consume(node, x, name, "input")
     out_shape = node.output_shapes[0]
     if len(out_shape) != 2 or out_shape[1] != m.out_features:
+        reason = (f"linear {node.name} returns a {len(out_shape)}-D tensor {tuple(out_shape)}: its features are "
+                  "the last dim, and nncompress prunes linear features only on [N, F] activations")
+        layout = b.produce(node, name, m.out_features, False, reason)
+        b.refuse(layout, reason)
         return None
-    return b.produce(node, name, int(m.out_features), False)
+    return b.produce(node, name, m.out_features, False)
 
 
 def batch_norm(b: GroupBuilder, node: OpNode, ins: Ins) -> Layout | None:
