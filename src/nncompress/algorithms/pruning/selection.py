@@ -41,7 +41,7 @@ def skip_reason(group: ChannelGroup, graph: CapturedGraph, model: nn.Module, sec
     if not group.producers:
         return "no producer op"
     if group.first_conv and not params.prune_first_conv:
-        return "a convolution of the group reads a model input (prune_first_conv is false)"
+        return "a convolution or linear of the group reads a model input (prune_first_conv is false)"
     if group.downsample and not params.prune_downsample_convs:
         return "a convolution of the group has stride > 1 (prune_downsample_convs is false)"
     if group.channels < 2:
@@ -60,7 +60,7 @@ def select_groups(groups: list[ChannelGroup], graph: CapturedGraph, model: nn.Mo
     """
     chosen: list[ChannelGroup] = []
     skipped: list[tuple[int, str]] = []
-    report = CaptureReport(section.algorithm, subject="convolution outputs")
+    report = CaptureReport(section.algorithm, subject="convolution and linear outputs")
     for group in groups:
         reason = skip_reason(group, graph, model, section, params)
         if reason:
