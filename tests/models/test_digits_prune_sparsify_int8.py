@@ -21,6 +21,7 @@ from onnx import numpy_helper
 import nncompress as nnc
 from nncompress.demo.cnns import CifarResNet
 from nncompress.demo.digits import evaluate, predict, train_dense, train_epoch
+from nncompress.torch.export import export_onnx
 from tests.models.conftest import Loaders
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "configs" / "digits_prune_sparsify_int8.json"
@@ -58,9 +59,7 @@ def test_prune_sparsify_quantize_in_one_config(dense_resnet: CifarResNet, loader
 
     dense_path, path = tmp_path / "dense.onnx", tmp_path / "combined_int8.onnx"
     nnc.export_model(model, str(path))
-    dense_ctrl, _ = nnc.create_compressed_model(copy.deepcopy(dense_resnet), {
-        "input_info": {"sample_size": [1, 1, 8, 8]}, "compression": []})
-    dense_ctrl.export_model(str(dense_path))
+    export_onnx(dense_resnet.eval(), ((torch.zeros(1, 1, 8, 8),), {}), dense_path)
     kinds = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
     assert sum(conv_out_channels(path)) < 0.75 * sum(conv_out_channels(dense_path))  # channels removed

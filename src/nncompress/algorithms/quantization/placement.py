@@ -246,13 +246,12 @@ def feeds_inplace_op(graph: CapturedGraph, placement: QuantizerPlacement,
     """Whether an in-place op (``out += identity`` runs ``add_``) overwrites the quantizer's output.
 
     The learnable quantizer keeps its output for the backward pass, so such a quantizer must
-    hand out a copy.
+    hand out a copy. Only output quantizers can be overwritten: the written input of an in-place
+    op is never quantized at the op's own input (:func:`place_quantizers` leaves it in float).
 
     :param consumers: ``graph.consumers()``.
     """
     point = placement.point
-    if point.target_type is TargetType.OPERATION_INPUT:
-        return point.port == 0 and graph.nodes[point.target].op.endswith("_")
     if point.target_type is TargetType.OPERATION_OUTPUT:
         return any(graph.nodes[c].op.endswith("_") and port == 0
                    for c, port in consumers.get(point.target, []))
