@@ -16,7 +16,7 @@ import nncompress as nnc
 from nncompress.algorithms.quantization.quantizers import FakeQuantizer
 from nncompress.errors import InitDataError, InvalidArgumentError, ScopeMatchError
 from nncompress.functional.smoothing import smooth_quant_scales
-from nncompress.ptq.pipeline import _take_samples
+from nncompress.ptq.dataset import take_samples
 from nncompress.ptq.smooth_quant import ChannelScale
 from nncompress.torch.runtime import get_runtime
 from tests.model_zoo import ResidualCNN
@@ -110,7 +110,7 @@ def test_quantize_places_what_quantization_aware_training_places(cnn: nn.Module)
 
 
 def test_subset_size_counts_samples_not_items() -> None:
-    samples, count = _take_samples(nnc.Dataset(_images(6, batch=4)), 10)
+    samples, count = take_samples(nnc.Dataset(_images(6, batch=4)), 10)
     assert len(samples) == 3 and count == 12
 
 

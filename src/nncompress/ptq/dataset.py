@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from nncompress.errors import InvalidArgumentError
+from nncompress.errors import InitDataError, InputInfoError, InvalidArgumentError
+from nncompress.torch.calibration import batch_size
+from nncompress.torch.inputs import ModelInputs, split_batch
 
 
 class Dataset:
@@ -63,3 +65,26 @@ class Dataset:
         """The source's ``batch_size`` (a ``DataLoader``'s), if it has one."""
         size = getattr(self._source, "batch_size", None)
         return size if isinstance(size, int) else None
+
+
+def take_samples(dataset: Dataset, subset_size: int, what: str = "calibration_dataset") -> tuple[list[ModelInputs], int]:
+    """The first items of ``dataset`` as model inputs, until ``subset_size`` samples are reached.
+
+    :return: ``(samples, count)``: the ``(args, kwargs)`` of each item and the number of samples
+        they hold (items may be batches).
+    :raises InitDataError: for an item that is not model inputs (named by index) or an empty dataset.
+    """
+    samples: list[ModelInputs] = []
+    count = 0
+    for i, item in enumerate(dataset.get_inference_data()):
+        try:
+            args, kwargs = split_batch(item)
+        except InputInfoError as exc:
+            raise InitDataError(f"calibration item {i}: {exc}") from exc
+        samples.append((args, kwargs))
+        count += batch_size(args, kwargs)
+        if count >= subset_size:
+            break
+    if not samples:
+        raise InitDataError(f"{what} is empty: at least one item is needed")
+    return samples, count

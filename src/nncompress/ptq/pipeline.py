@@ -41,7 +41,6 @@ from nncompress.config import CompressionConfig
 from nncompress.errors import (
     CaptureError,
     InitDataError,
-    InputInfoError,
     InvalidArgumentError,
 )
 from nncompress.functional.smoothing import scaled_tensor_range
@@ -49,12 +48,12 @@ from nncompress.graph.capture import CapturedGraph
 from nncompress.graph.layout import InsertionCommand, Priority, TargetPoint, TargetType, TransformationLayout
 from nncompress.handles import register_controller
 from nncompress.torch.calibration import batch_size, call_model, refuse_inference_mode
-from nncompress.torch.inputs import ModelInputs, dtype_mismatch, split_batch
+from nncompress.torch.inputs import ModelInputs, dtype_mismatch
 from nncompress.torch.insertion import apply_layout, remove_runtime
 from nncompress.torch.runtime import get_runtime
 
 from .bias_correction import BiasTarget, apply_shift, bias_targets, layer_weight
-from .dataset import Dataset
+from .dataset import Dataset, take_samples
 from .params import AdvancedQuantizationParameters, IgnoredScope, ModelType, QuantizationPreset, TargetDevice
 from .smooth_quant import ChannelScale, SmoothGroup, smooth, smoothable_linears
 
@@ -146,7 +145,7 @@ def quantize(
         )
     if not isinstance(calibration_dataset, Dataset):
         calibration_dataset = Dataset(calibration_dataset)
-    samples, count = _take_samples(calibration_dataset, subset_size)
+    samples, count = take_samples(calibration_dataset, subset_size)
     target = model if adv.inplace else _copy_model(model)
     backup = {k: v.detach().clone() for k, v in model.state_dict().items()} if adv.inplace else None
     try:
@@ -175,23 +174,6 @@ def _copy_model(model: nn.Module) -> nn.Module:
             "attributes) or pass advanced_parameters=AdvancedQuantizationParameters(inplace=True) to "
             "quantize the model itself; the model was not changed"
         ) from exc
-
-
-def _take_samples(dataset: Dataset, subset_size: int) -> tuple[list[ModelInputs], int]:
-    samples: list[ModelInputs] = []
-    count = 0
-    for i, item in enumerate(dataset.get_inference_data()):
-        try:
-            args, kwargs = split_batch(item)
-        except InputInfoError as exc:
-            raise InitDataError(f"calibration item {i}: {exc}") from exc
-        samples.append((args, kwargs))
-        count += batch_size(args, kwargs)
-        if count >= subset_size:
-            break
-    if not samples:
-        raise InitDataError("calibration_dataset is empty: quantize needs at least one item")
-    return samples, count
 
 
 def is_transformer(graph: CapturedGraph) -> bool:
