@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from nncompress.weight_compression.modules import CompressedEmbedding, Compresse
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_llama(seed: int = 0, hidden: int = 64) -> nn.Module:
+def tiny_llama(seed: int = 0, hidden: int = 64) -> Any:
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -32,7 +33,7 @@ def tiny_llama(seed: int = 0, hidden: int = 64) -> nn.Module:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def compress(model: nn.Module, mode: str = "int4_asym", group: int = 32) -> nn.Module:
+def compress(model: Any, mode: str = "int4_asym", group: int = 32) -> Any:
     """Linears to ``mode``/``group`` (one with an input multiplier), embedding int8, head tied."""
     emb = model.model.embed_tokens
     cemb = CompressedEmbedding.from_quantized(
@@ -60,7 +61,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     path = tmp_path / "llama.pt"
     save_compressed(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["llama.pt"]  # no temporary file left
-    loaded = load_compressed(tiny_llama(seed=1), path)
+    loaded: Any = load_compressed(tiny_llama(seed=1), path)
     ids = torch.randint(0, 128, (2, 9))
     with torch.no_grad():
         with exact_matmul():
