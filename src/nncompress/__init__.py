@@ -18,6 +18,11 @@ Post-training INT8 quantization from unlabeled samples::
 
     q = nnc.quantize(model, nnc.Dataset(loader, lambda batch: batch[0]), subset_size=300)
     nnc.export_model(q, "model_int8.onnx")
+
+Weight-only compression of an LLM (INT8 / INT4 / NF4, optionally AWQ, scale estimation, GPTQ)::
+
+    nnc.compress_weights(llm, mode=nnc.CompressWeightsMode.INT4_SYM, group_size=64, ratio=0.8)
+    nnc.save_compressed(llm, "llm_int4.pt")
 """
 
 from nncompress.api.compression import (
@@ -41,6 +46,15 @@ from nncompress.ptq import (
     TargetDevice,
     quantize,
 )
+from nncompress.weight_compression import (
+    AdvancedCompressionParameters,
+    BackupMode,
+    CompressWeightsMode,
+    SensitivityMetric,
+    compress_weights,
+    load_compressed,
+    save_compressed,
+)
 
 NNCFConfig = CompressionConfig
 """The name NNCF 2.x used for :class:`CompressionConfig`."""
@@ -48,7 +62,14 @@ NNCFConfig = CompressionConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdvancedCompressionParameters",
     "AdvancedQuantizationParameters",
+    "BackupMode",
+    "CompressWeightsMode",
+    "SensitivityMetric",
+    "compress_weights",
+    "load_compressed",
+    "save_compressed",
     "add_compression_parameters",
     "CompressionAlgorithmBuilder",
     "CompressionAlgorithmController",

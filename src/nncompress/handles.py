@@ -20,6 +20,7 @@ from torch import nn
 from nncompress.algorithms.distillation.teacher import remove_teacher_hooks
 from nncompress.api.compression import CompressionAlgorithmController, StripFormat
 from nncompress.errors import InvalidArgumentError
+from nncompress.torch.export import opset_from_format
 from nncompress.torch.insertion import strip_runtime
 from nncompress.torch.runtime import get_runtime
 
@@ -109,7 +110,26 @@ def export_model(
 
     BatchNorms are folded and quantizers become QuantizeLinear/DequantizeLinear; the file is
     written atomically. ``model_args`` defaults to the input the model was captured with.
+
+    A model from :func:`~nncompress.compress_weights` (no controller) is exported with its weights
+    packed (``MatMulNBits``, see :func:`~nncompress.weight_compression.onnx_export.export_compressed_onnx`);
+    it needs ``model_args``.
     """
+    # imported here: weight_compression imports ptq, which imports this module
+    from nncompress.weight_compression.modules import CompressedEmbedding, CompressedLinear
+    from nncompress.weight_compression.onnx_export import export_compressed_onnx
+
+    compressed = any(isinstance(m, (CompressedLinear, CompressedEmbedding)) for m in model.modules())
+    if _registered(model) is None and compressed:
+        if model_args is None:
+            raise InvalidArgumentError(
+                "a weight-compressed model needs model_args to export: pass an example input, e.g. "
+                "model_args=(input_ids,) or model_args=({'input_ids': ids, 'attention_mask': mask},)"
+            )
+        inputs = model_args[0] if len(model_args) == 1 and isinstance(model_args[0], dict) else tuple(model_args)
+        export_compressed_onnx(model, inputs, save_path, opset_from_format(save_format),
+                               input_names=input_names, output_names=output_names)
+        return
     compression_controller(model).export_model(save_path, save_format, input_names, output_names, model_args)
 
 

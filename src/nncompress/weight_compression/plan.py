@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from nncompress.errors import InvalidArgumentError
 from nncompress.functional.weight_quant import WeightQuantSpec
@@ -51,14 +52,25 @@ class LayerEntry:
     reason: str = ""
 
     @property
+    def weight(self) -> Tensor:
+        """The layer's ``[N, K]`` weight."""
+        return cast(Tensor, self.module.weight)
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The layer's bias (linears), ``None`` if it has none."""
+        bias = getattr(self.module, "bias", None)
+        return bias.detach() if isinstance(bias, Tensor) else None
+
+    @property
     def numel(self) -> int:
         """Number of weight elements."""
-        return int(self.module.weight.numel())
+        return int(self.weight.numel())
 
     @property
     def in_features(self) -> int:
         """Input size ``K`` of the weight as stored ``[N, K]``."""
-        return int(self.module.weight.shape[1])
+        return int(self.weight.shape[1])
 
 
 def weighted_layers(model: nn.Module) -> list[LayerEntry]:

@@ -78,7 +78,7 @@ class WeightCompressionSummary:
         return self.weights[key] / total if total else 0.0
 
     def __str__(self) -> str:
-        lines = [f"compress_weights: {sum(self.layers.values())} weights in {self.seconds:.1f} s, "
+        lines = [f"compress_weights: {sum(self.layers.values())} layers in {self.seconds:.1f} s, "
                  f"{self.bits:.2f} stored bits per weight"
                  + (f" (ratio by {self.metric})" if self.metric else "")]
         lines.append(f"  {'format':<18}{'layers':>8}{'weights':>14}{'share':>8}")
