@@ -16,6 +16,7 @@ from nncompress.functional.weight_quant import (
     MODES,
     QuantizedWeight,
     WeightQuantSpec,
+    dequantize_codes,
     dequantize_weight,
     quantize_weight,
 )
@@ -23,6 +24,7 @@ from nncompress.weight_compression.kernels import MAX_KERNEL_ROWS, exact_matmul
 from nncompress.weight_compression.modules import (
     CompressedEmbedding,
     CompressedLinear,
+    dequantize_packed,
     pack_codes,
     unpack_codes,
 )
@@ -169,6 +171,18 @@ def test_pack_unpack_round_trip(mode: str, n: int, cols: int) -> None:
     packed = pack_codes(codes, spec)
     assert packed.shape == (n, cols if spec.bits == 8 else (cols + 1) // 2)
     assert torch.equal(unpack_codes(packed, spec, cols), codes)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(n=st.integers(1, 6), k=st.integers(1, 70), group=st.sampled_from((-1, 16, 32)), seed=st.integers(0, 99))
+@settings(max_examples=15, deadline=None)
+def test_dequantize_packed_is_bit_exact(mode: str, n: int, k: int, group: int, seed: int) -> None:
+    qw = make(mode, group, n, k, seed)[0]
+    zp = None if qw.zero_point is None else qw.zero_point.to(torch.uint8)
+    for dtype in (torch.float32, torch.float64):
+        want = dequantize_codes(qw.codes, qw.scale.to(dtype), qw.zero_point, qw.spec, qw.codes.shape[1])
+        got = dequantize_packed(pack_codes(qw.codes, qw.spec), qw.scale, zp, qw.spec, qw.codes.shape[1], dtype)
+        assert got.dtype == dtype and torch.equal(got, want)
 
 
 @given(

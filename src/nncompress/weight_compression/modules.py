@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from nncompress.errors import InvalidArgumentError
 from nncompress.functional.weight_quant import (
+    NF4_LEVELS,
     QuantizedWeight,
     WeightQuantSpec,
-    dequantize_codes,
     pack_int4,
     unpack_int4,
 )
@@ -74,6 +74,40 @@ def unpack_codes(packed: Tensor, spec: WeightQuantSpec, columns: int) -> Tensor:
     if spec.bits == 8:
         return packed.to(torch.int16)
     return unpack_int4(packed, signed=spec.symmetric and not spec.nf4)[..., :columns]
+
+
+def dequantize_packed(
+    packed: Tensor, scale: Tensor, zero_point: Tensor | None, spec: WeightQuantSpec, columns: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``W_hat`` ``[N, columns]`` (``columns = Kp``, padding included) straight from the storage form.
+
+    Bit for bit :func:`~nncompress.functional.weight_quant.dequantize_codes` in ``dtype``
+    (``(c - z) * s``, ``NF4_LEVELS[c] * s``), with fewer passes over the weight: 4-bit codes are split
+    into nibbles as bytes, NF4 bytes are looked up two levels at a time, and the zero point and
+    scale are applied in place. Works on gathered rows too (``packed``, ``scale`` with ``N`` rows).
+    """
+    n, groups = scale.shape
+    if spec.nf4:
+        levels = torch.tensor(NF4_LEVELS, dtype=dtype, device=packed.device)
+        pairs = torch.stack([levels.repeat(16), levels.repeat_interleave(16)], dim=1)  # byte -> (low, high)
+        values = F.embedding(packed.int(), pairs).reshape(n, -1)
+    elif spec.bits == 4:
+        nibbles = torch.empty(*packed.shape, 2, dtype=torch.uint8, device=packed.device)
+        torch.bitwise_and(packed, 15, out=nibbles[..., 0])
+        torch.bitwise_right_shift(packed, 4, out=nibbles[..., 1])
+        codes = nibbles.reshape(n, -1)
+        if spec.symmetric:
+            codes = codes.view(torch.int8).sub_(8)
+        values = codes.to(dtype)
+    else:
+        values = packed.to(dtype)
+    if values.shape[1] != columns:
+        values = values[:, :columns].contiguous()
+    values = values.view(n, groups, -1)
+    if zero_point is not None:
+        values.sub_(zero_point.to(dtype).unsqueeze(-1))
+    return values.mul_(scale.to(dtype).unsqueeze(-1)).view(n, columns)
 
 
 class _PackedWeight(nn.Module):
@@ -116,8 +150,14 @@ class _PackedWeight(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``W_hat`` ``[N, K]`` in ``dtype`` (computed in ``dtype``: float64 gives the exact values)."""
-        qw = self.quantized_weight()
-        return dequantize_codes(qw.codes, qw.scale.to(dtype), qw.zero_point, qw.spec, qw.in_features)
+        w = self._padded_weight(dtype)
+        return w if w.shape[1] == self.in_features else w[:, : self.in_features].contiguous()
+
+    def _padded_weight(self, dtype: torch.dtype) -> Tensor:
+        """``W_hat`` with its padding columns, ``[N, Kp]``."""
+        return dequantize_packed(
+            self.weight_packed, self.scale, self.zero_point, self.spec, self.padded_in_features, dtype
+        )
 
     @property
     def tied(self) -> bool:
@@ -222,7 +262,9 @@ class CompressedLinear(_PackedWeight):
             y = kernel_linear(x.reshape(-1, self.in_features), kw).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        w = self.dequantized_weight(compute).to(x.dtype)
+        w = self._padded_weight(compute).to(x.dtype)
+        if w.shape[1] != self.in_features:  # zero activations meet the padding columns
+            x = F.pad(x, (0, w.shape[1] - self.in_features))
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def _fast_weights(self, x: Tensor) -> KernelWeights | None:
@@ -287,14 +329,14 @@ class CompressedEmbedding(_PackedWeight):
     def forward(self, ids: Tensor) -> Tensor:
         """Integer ids ``[...]`` to ``[..., embedding_dim]``."""
         flat = ids.reshape(-1)
-        codes = unpack_codes(self.weight_packed[flat], self.spec, self.padded_in_features)
-        zp = None if self.zero_point is None else self.zero_point[flat].to(torch.int16)
-        rows = dequantize_codes(codes, self.scale[flat], zp, self.spec, self.in_features)
-        return rows.reshape(*ids.shape, self.in_features)
+        zp = None if self.zero_point is None else self.zero_point[flat]
+        scale = self.scale[flat]
+        rows = dequantize_packed(self.weight_packed[flat], scale, zp, self.spec, self.padded_in_features, scale.dtype)
+        return rows[:, : self.in_features].reshape(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}, {self._weight_repr()}"
 
 
-__all__ = ["CompressedEmbedding", "CompressedLinear", "SHARED_BUFFERS", "pack_codes", "unpack_codes"]
+__all__ = ["CompressedEmbedding", "CompressedLinear", "SHARED_BUFFERS", "dequantize_packed", "pack_codes", "unpack_codes"]
