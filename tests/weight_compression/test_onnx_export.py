@@ -23,6 +23,7 @@ from torch import nn
 from nncompress.errors import ExportError, InvalidArgumentError
 from nncompress.functional.weight_quant import WeightQuantSpec, dequantize_weight, quantize_weight
 from nncompress.torch.export import export_onnx
+from nncompress.weight_compression import onnx_export
 from nncompress.weight_compression.kernels import exact_matmul
 from nncompress.weight_compression.modules import CompressedEmbedding, CompressedLinear
 from nncompress.weight_compression.onnx_export import export_compressed_onnx
@@ -124,8 +125,9 @@ def test_llama_matmulnbits_matches_pytorch_and_is_small(tmp_path: Path) -> None:
     model = _Logits(lm).eval()
     path = tmp_path / "int4.onnx"
     counts = _export(model, path)
-    assert counts == {"matmulnbits": N_LINEARS, "dequantize_linear": 0, "decode": 0, "embedding": 1}
-    assert _ops(path).count("MatMulNBits") == N_LINEARS
+    # the int8 head takes the decode route at accuracy_level 0 (8-bit MatMulNBits is slow in float)
+    assert counts == {"matmulnbits": N_LINEARS - 1, "dequantize_linear": 0, "decode": 1, "embedding": 1}
+    assert _ops(path).count("MatMulNBits") == N_LINEARS - 1
     assert _check_logits(model, path) < REL_TOL
     # the tied head and the embedding read one B initializer; nothing float of weight size is left
     graph = onnx.load(str(path)).graph
@@ -143,13 +145,28 @@ def test_llama_ragged_groups_and_int8_per_channel(tmp_path: Path) -> None:
     _compress(lm, modes, multiplier_on="1.self_attn.q_proj")
     model = _Logits(lm).eval()
     path = tmp_path / "ragged.onnx"
-    assert _export(model, path)["matmulnbits"] == N_LINEARS
+    assert _export(model, path) == {"matmulnbits": 10, "dequantize_linear": 0, "decode": 5, "embedding": 1}
     assert _check_logits(model, path) < REL_TOL
-    nodes = onnx.load(str(path)).graph.node
-    blocks = {onnx.helper.get_attribute_value(a) for n in nodes if n.op_type == "MatMulNBits"
-              for a in n.attribute if a.name == "block_size"}
-    # int4 g32; int8 per channel: K = 128 one block, K = 80 five blocks of 16 (fewer bytes than padding)
-    assert blocks == {32, 128, 16}
+
+
+@pytest.mark.parametrize(("mode", "g", "k", "block"), [
+    ("int8_asym", -1, 80, 16),  # per channel: five blocks of 16 take fewer bytes than one of 128
+    ("int8_sym", -1, 96, 32),
+    ("int8_asym", -1, 128, 128),
+    ("int8_sym", 48, 96, 16),  # groups of 48 read as three blocks of 16, the scale repeated
+    ("int8_asym", 32, 80, 32),  # ragged last group
+    ("int4_asym", -1, 40, 64),  # per channel, 4 bits: one padded block of 64 is smaller
+])
+def test_int8_matmulnbits_at_accuracy_level_4(mode: str, g: int, k: int, block: int, tmp_path: Path) -> None:
+    model = _tiny(mode, g, k, 24, bias=True)
+    path = tmp_path / "m.onnx"
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(3))
+    assert export_compressed_onnx(model, x, path, accuracy_level=4, input_names=["x"])["matmulnbits"] == 1
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits")
+    assert {a.name: a.i for a in node.attribute}["block_size"] == block
+    with exact_matmul(), torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel_err(_session(path).run(None, {"x": x.numpy()})[0], ref) < 2e-2  # int8 activations
 
 
 def test_llama_dequantize_linear_opset21(tmp_path: Path) -> None:
@@ -210,8 +227,10 @@ def test_one_linear_matches_float64_reference(mode: str, g: int, k: int, n: int,
     assert err <= 1e-5 * (x.double().abs() @ w.abs().T).max().item() + 1e-6
 
 
-def test_routes_for_nf4_and_odd_groups(tmp_path: Path) -> None:
-    for mode, g, route in [("nf4", 32, "decode"), ("int4_sym", 24, "decode"), ("int8_asym", 48, "matmulnbits")]:
+def test_routes_of_nf4_odd_groups_and_int8(tmp_path: Path) -> None:
+    cases = [("nf4", 32, "decode"), ("int4_sym", 24, "decode"), ("int8_asym", 48, "decode"),
+             ("int4_asym", 48, "matmulnbits")]
+    for mode, g, route in cases:
         model = _tiny(mode, g, 96, 8, bias=True)
         path = tmp_path / f"{mode}_{g}.onnx"
         counts = export_compressed_onnx(model, torch.randn(2, 96), path, input_names=["x"])
@@ -241,6 +260,19 @@ def test_embedding_alone_any_mode(tmp_path: Path) -> None:
         y = _session(path).run(None, {"ids": ids.numpy()})[0]
         assert y.shape == (2, 3, 4, 40)
         np.testing.assert_array_equal(y, emb(ids).numpy())
+
+
+def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
+    model = _tiny("int4_sym", 32, 256, 64, bias=False)
+    x = torch.randn(2, 256)
+    path = tmp_path / "sub" / "big.onnx"
+    export_compressed_onnx(model, x, path, input_names=["x"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert (path.parent / "big.onnx.data").stat().st_size > 8000
+    with exact_matmul(), torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel_err(_session(path).run(None, {"x": x.numpy()})[0], ref) < REL_TOL
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ layer                       ``prefer="matmulnbits"``        ``prefer="dequantize
 ==========================  ==============================  =====================================
 INT4_SYM / INT4_ASYM        ``com.microsoft::MatMulNBits``  ``DequantizeLinear`` (int4/uint4,
                             bits 4                          ``block_size``; opset 21) + ``MatMul``
-INT8_SYM / INT8_ASYM        ``MatMulNBits`` bits 8          ``DequantizeLinear`` (int8/uint8,
-                                                            per channel; per group: opset 21)
+INT8_SYM / INT8_ASYM        ``MatMulNBits`` bits 8 with     ``DequantizeLinear`` (int8/uint8,
+                            ``accuracy_level=4``, else      per channel; per group: opset 21)
+                            ``decode``
 NF4                         ``decode`` (below)              ``decode``
 group size with no          ``decode``                      as above
 ``MatMulNBits`` block
@@ -85,13 +86,15 @@ PREFER = ("matmulnbits", "dequantize_linear")
 DEFAULT_OPSET = 17
 PLACEHOLDER_DOMAIN = "nncompress"
 _TORCH_MAX_OPSET = 20
+#: Weights larger than this (bytes) are saved as external data, ``<file>.data`` beside the file.
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 _ACTIVE: dict[int, CompressedLinear | CompressedEmbedding] = {}
 
 
 @dataclass(frozen=True)
-class _Layer:
-    """What the rewrite needs of one compressed layer."""
+class ExportedLayer:
+    """What the rewrite needs of one compressed layer: its module name, quantized weight, bias, kind."""
 
     name: str
     qw: QuantizedWeight
@@ -144,7 +147,7 @@ def _export_forward(layer: CompressedLinear | CompressedEmbedding, index: int) -
 
 
 @contextmanager
-def compressed_export_mode(model: nn.Module) -> Iterator[list[_Layer]]:
+def compressed_export_mode(model: nn.Module) -> Iterator[list[ExportedLayer]]:
     """Route every compressed layer of ``model`` through its export placeholder, for one export.
 
     The layers' own ``forward`` is untouched: an instance attribute shadows it inside the block
@@ -155,7 +158,7 @@ def compressed_export_mode(model: nn.Module) -> Iterator[list[_Layer]]:
     """
     if _ACTIVE:
         raise ExportError("another compressed-model ONNX export is running; exports cannot overlap")
-    layers: list[_Layer] = []
+    layers: list[ExportedLayer] = []
     patched: list[nn.Module] = []
     try:
         for name, module in model.named_modules():
@@ -163,7 +166,7 @@ def compressed_export_mode(model: nn.Module) -> Iterator[list[_Layer]]:
                 continue
             index = len(layers)
             bias = getattr(module, "bias", None)
-            layers.append(_Layer(name, module.quantized_weight(), None if bias is None else
+            layers.append(ExportedLayer(name, module.quantized_weight(), None if bias is None else
                                  bias.detach().cpu().float().numpy(), isinstance(module, CompressedEmbedding)))
             _ACTIVE[index] = module
             module.forward = _export_forward(module, index)  # type: ignore[method-assign, assignment]
@@ -184,7 +187,7 @@ def _check_args(prefer: str, opset: int, accuracy_level: int) -> None:
         raise InvalidArgumentError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {accuracy_level!r}")
 
 
-def _route(layer: _Layer, prefer: str, opset: int) -> str:
+def _route(layer: ExportedLayer, prefer: str, opset: int, accuracy_level: int) -> str:
     """``matmulnbits``, ``dequantize_linear`` or ``decode`` for a linear (table in the module doc).
 
     :raises ExportError: for a ``dequantize_linear`` layer that needs opset 21 below it.
@@ -193,6 +196,8 @@ def _route(layer: _Layer, prefer: str, opset: int) -> str:
     if spec.nf4:
         return "decode"
     if prefer == "matmulnbits":
+        if spec.bits == 8 and accuracy_level != 4:
+            return "decode"  # 8-bit MatMulNBits computing in float is 10-20x slower than a float MatMul
         return "matmulnbits" if block_layout(layer.qw).nbits_ok else "decode"
     if (spec.bits == 4 or layer.qw.scale.shape[1] > 1) and opset < 21:
         raise ExportError(
@@ -202,7 +207,7 @@ def _route(layer: _Layer, prefer: str, opset: int) -> str:
     return "dequantize_linear"
 
 
-def lower_placeholders(proto: onnx.ModelProto, layers: list[_Layer], prefer: str, opset: int,
+def lower_placeholders(proto: onnx.ModelProto, layers: list[ExportedLayer], prefer: str, opset: int,
                        accuracy_level: int = 0) -> dict[str, int]:
     """Replace each placeholder node of an exported graph by its layer's nodes (in place).
 
@@ -227,7 +232,7 @@ def lower_placeholders(proto: onnx.ModelProto, layers: list[_Layer], prefer: str
             nodes += embedding_nodes(edit, layer.qw, x, y, hint)
             counts["embedding"] += 1
             continue
-        route = _route(layer, prefer, opset)
+        route = _route(layer, prefer, opset, accuracy_level)
         if route == "matmulnbits":
             nodes += nbits_nodes(edit, layer.qw, layer.bias, x, y, hint, accuracy_level)
         elif route == "dequantize_linear":
@@ -304,7 +309,7 @@ def export_compressed_onnx(
         with compressed_export_mode(model) as layers:
             for layer in layers:
                 if not layer.embedding:
-                    _route(layer, prefer, opset)  # fail before the (slow) export
+                    _route(layer, prefer, opset, accuracy_level)  # fail before the (slow) export
             export_onnx(model, inputs, traced, min(opset, _TORCH_MAX_OPSET), input_names, output_names)
         proto = onnx.load(str(traced))
         counts = lower_placeholders(proto, layers, prefer, opset, accuracy_level)
@@ -313,20 +318,35 @@ def export_compressed_onnx(
 
 
 def _save_atomic(proto: onnx.ModelProto, target: Path) -> None:
-    """Write ``proto`` under a temporary name beside ``target``, then rename it to ``target``."""
+    """Write ``proto`` under a temporary name beside ``target``, then rename it to ``target``.
+
+    Weights over :data:`EXTERNAL_DATA_BYTES` go to ``<target name>.data`` beside it (protobuf files
+    stop at 2 GiB); that file is written in place, not renamed.
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create the folder {str(target.parent)!r}: {exc.strerror or exc}") from exc
     tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    data = target.parent / f"{target.name}.data"
+    external = sum(len(i.raw_data) for i in proto.graph.initializer) > EXTERNAL_DATA_BYTES
     try:
-        onnx.save(proto, str(tmp))
+        if external:
+            onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data.name, size_threshold=1024)
+        else:
+            onnx.save(proto, str(tmp))
         os.replace(tmp, target)
     except (OSError, ValueError) as exc:
+        if external and data.exists():
+            data.unlink()
         raise ExportError(f"writing the ONNX file {str(target)!r} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-__all__ = ["PREFER", "compressed_export_mode", "export_compressed_onnx", "lower_placeholders"]
+__all__ = [
+    "EXTERNAL_DATA_BYTES", "PREFER", "ExportedLayer", "compressed_export_mode", "export_compressed_onnx",
+    "lower_placeholders",
+]
