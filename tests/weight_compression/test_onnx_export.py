@@ -194,6 +194,14 @@ def test_dequantize_linear_int4_needs_opset21(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_llama_without_attention_mask_says_to_pass_one(tmp_path: Path) -> None:
+    lm = _llama(64)
+    _compress(lm, INT4_MIX)
+    with pytest.raises(ExportError, match=r"m\.onnx' failed: .*aten::diff.*attention_mask"):
+        export_compressed_onnx(lm, {"input_ids": _inputs()[0]}, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def _tiny(mode: str, g: int, k: int, n: int, bias: bool, seed: int = 0) -> nn.Sequential:
     gen = torch.Generator().manual_seed(seed)
     qw = quantize_weight(torch.randn(n, k, generator=gen), WeightQuantSpec.from_mode(mode, g))

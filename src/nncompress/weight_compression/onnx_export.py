@@ -310,11 +310,23 @@ def export_compressed_onnx(
             for layer in layers:
                 if not layer.embedding:
                     _route(layer, prefer, opset, accuracy_level)  # fail before the (slow) export
-            export_onnx(model, inputs, traced, min(opset, _TORCH_MAX_OPSET), input_names, output_names)
+            try:
+                export_onnx(model, inputs, traced, min(opset, _TORCH_MAX_OPSET), input_names, output_names)
+            except ExportError as exc:
+                raise _export_error(exc, target) from exc
         proto = onnx.load(str(traced))
         counts = lower_placeholders(proto, layers, prefer, opset, accuracy_level)
         _save_atomic(proto, target)
     return counts
+
+
+def _export_error(exc: ExportError, target: Path) -> ExportError:
+    """The exporter's error, naming ``target`` rather than the temporary file, with a hint."""
+    cause = exc.__cause__
+    detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    if "aten::diff" in detail:  # transformers' packed-sequence check, run only without a mask
+        detail += "; a Hugging Face causal LM exports when the example inputs hold an attention_mask"
+    return ExportError(f"ONNX export to {str(target)!r} failed: {detail}")
 
 
 def _save_atomic(proto: onnx.ModelProto, target: Path) -> None:
