@@ -294,4 +294,6 @@ def test_bad_arguments(tmp_path: Path) -> None:
         export_compressed_onnx(model, x, tmp_path / "a.onnx", accuracy_level=7)
     with pytest.raises(InvalidArgumentError, match="example_inputs"):
         export_compressed_onnx(model, "x", tmp_path / "a.onnx")
+    with pytest.raises(InvalidArgumentError, match="float32 models"):
+        export_compressed_onnx(nn.Sequential(model, nn.LayerNorm(8).half()), x, tmp_path / "a.onnx")
     assert list(tmp_path.iterdir()) == []
