@@ -110,6 +110,14 @@ def dequantize_packed(
     return values.mul_(scale.to(dtype).unsqueeze(-1)).view(n, columns)
 
 
+def _version(t: Tensor) -> int:
+    """In-place modification counter (inference tensors have none: -1)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
+
+
 class _PackedWeight(nn.Module):
     """Common part: the packed buffers, dequantization, and buffer sharing between tied layers."""
 
@@ -274,7 +282,7 @@ class CompressedLinear(_PackedWeight):
             or not kernels_allowed()
             or x.device.type != "cpu"
             or x.dtype not in (torch.float32, torch.bfloat16)
-            or x.numel() > MAX_KERNEL_ROWS * self.in_features
+            or not 0 < x.numel() <= MAX_KERNEL_ROWS * self.in_features
             or (x.requires_grad and torch.is_grad_enabled())
             or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export()
@@ -282,7 +290,7 @@ class CompressedLinear(_PackedWeight):
         ):
             return None
         tensors = [self.weight_packed, self.scale, self.zero_point]
-        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
+        key = tuple(None if t is None else (t.data_ptr(), _version(t)) for t in tensors)
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             kw = prepare_kernel(self.weight_packed, self.scale, self.zero_point, self.spec, self.in_features)
             self._kernel_cache = (key, kw)
