@@ -13,6 +13,7 @@ import math
 import subprocess
 import sys
 import sysconfig
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,6 @@ from nncompress.demo.llm import (
 )
 from nncompress.errors import InvalidArgumentError
 from tests.conftest import IN_CI
-
-transformers = pytest.importorskip("transformers")
 
 
 class CharTokenizer:
@@ -148,6 +147,7 @@ def test_calibration_samples_have_the_compress_weights_dataset_shape() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -199,26 +199,36 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> tuple[Any, Any]:
+def smollm2() -> tuple[Any, Any, tuple[int, bool]]:
+    """The model, its tokenizer, and transformers' (verbosity, progress bars enabled) before loading."""
     if not llm.smollm2_available():
         message = f"SmolLM2 is not installed ({INSTALL_HINT})"
         if IN_CI:
             pytest.fail(f"{message}; CI=true installs it, so this fails instead of skipping", pytrace=False)
         pytest.skip(message)
-    return llm.load_smollm2()
+    from transformers.utils import logging as hf_logging
+
+    before = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    return (*llm.load_smollm2(), before)
 
 
-def test_smollm2_fp32_perplexity_on_stdlib_docstrings(smollm2: tuple[Any, Any]) -> None:
-    model, tokenizer = smollm2
+def test_smollm2_fp32_perplexity_on_stdlib_docstrings(smollm2: tuple[Any, Any, tuple[int, bool]]) -> None:
+    model, tokenizer, before = smollm2
     assert not model.training
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    # loading silenced transformers only while it ran
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+    assert not isinstance(gguf_utils.tqdm, partial)
     windows = token_windows(tokenizer, stdlib_docstrings(EVAL_MODULES), ctx=512)
     assert windows.shape[0] >= 64  # enough text for the benchmark's 64 windows
     ppl = perplexity(model, windows[:4])
     assert math.isfinite(ppl) and ppl < 30, ppl  # 11.96 measured (torch 2.13 CPU)
 
 
-def test_smollm2_calibration_and_decoding(smollm2: tuple[Any, Any]) -> None:
-    model, tokenizer = smollm2
+def test_smollm2_calibration_and_decoding(smollm2: tuple[Any, Any, tuple[int, bool]]) -> None:
+    model, tokenizer, _ = smollm2
     samples = calibration_samples(tokenizer, n=128, ctx=512)
     assert len(samples) == 128 and samples[0]["input_ids"].shape == (1, 512)
     ms = llm.decode_ms_per_token(model, tokenizer, new_tokens=4, repeats=1)
