@@ -31,7 +31,7 @@ from nncompress.weight_compression.modules import (
 
 GROUPS = (-1, 32, 64, 128)
 #: Fast-path bound: ``|y - y_ref| <= KERNEL_BOUND * (|x| @ r.T)`` (see the kernels module doc).
-KERNEL_BOUND = 2.0**-7
+KERNEL_BOUND = 2.0**-6
 #: Exact float32 path: ``|y - y_ref| <= EXACT_BOUND * (|x| @ |W|.T)`` (float32 accumulation).
 EXACT_BOUND = 1e-5
 
