@@ -126,6 +126,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
     """Export ``model`` to ONNX at ``save_path``, atomically.
 
@@ -136,6 +137,8 @@ def export_onnx(
     :param input_names: names of the graph inputs (default ``input_0``... then keyword names);
         axis 0 of each input is exported as a dynamic batch axis.
     :param output_names: names of the graph outputs.
+    :param dynamic_axes: ``{input or output name: {axis: name}}`` for ``torch.onnx.export``; by
+        default axis 0 of every input (the batch).
     :raises ExportError: if the folder cannot be created or the exporter fails; nothing is written
         then, and no folder is left behind.
     """
@@ -147,14 +150,15 @@ def export_onnx(
         raise InvalidArgumentError(f"save_path must name a file, got {str(save_path)!r}")
     created = _make_folders(target.parent)
     try:
-        _export(model, inputs, target, opset, input_names, output_names)
+        _export(model, inputs, target, opset, input_names, output_names, dynamic_axes)
     except BaseException:
         _remove_folders(created)
         raise
 
 
 def _export(model: nn.Module, inputs: ModelInputs, target: Path, opset: int,
-            input_names: list[str] | None, output_names: list[str] | None) -> None:
+            input_names: list[str] | None, output_names: list[str] | None,
+            dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
     """:func:`export_onnx` once the folder exists: export under a temporary name, then rename."""
     args, kwargs = inputs
     runnable: nn.Module = _KeywordInputs(model, len(args), list(kwargs)) if kwargs else model
@@ -175,7 +179,7 @@ def _export(model: nn.Module, inputs: ModelInputs, target: Path, opset: int,
                 opset_version=opset,
                 input_names=input_names,
                 output_names=output_names,
-                dynamic_axes=_batch_axes(input_names, export_args),
+                dynamic_axes=dynamic_axes if dynamic_axes is not None else _batch_axes(input_names, export_args),
                 do_constant_folding=True,
             )
         proto = onnx.load(tmp)
