@@ -285,6 +285,7 @@ def export_compressed_onnx(
     accuracy_level: int = 0,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> dict[str, int]:
     """Export a model with compressed layers to ONNX at ``path``, weights packed (module doc).
 
@@ -299,6 +300,9 @@ def export_compressed_onnx(
     :param accuracy_level: ``MatMulNBits``' ``accuracy_level``: 0 exact, 4 int8 compute (faster).
     :param input_names: graph input names; axis 0 of each input is a dynamic batch axis.
     :param output_names: graph output names.
+    :param dynamic_axes: ``{input or output name: {axis: name}}``, e.g.
+        ``{"input_ids": {0: "batch", 1: "sequence"}}`` so an LLM takes any length; default: axis 0
+        of every input.
     :return: the number of layers per route (``matmulnbits``, ``dequantize_linear``, ``decode``,
         ``embedding``).
     :raises InvalidArgumentError: for a bad ``prefer``, ``opset`` or ``accuracy_level``, or a model
@@ -321,7 +325,8 @@ def export_compressed_onnx(
                 if not layer.embedding:
                     _route(layer, prefer, opset, accuracy_level)  # fail before the (slow) export
             try:
-                export_onnx(model, inputs, traced, min(opset, _TORCH_MAX_OPSET), input_names, output_names)
+                export_onnx(model, inputs, traced, min(opset, _TORCH_MAX_OPSET), input_names, output_names,
+                            dynamic_axes)
             except ExportError as exc:
                 raise _export_error(exc, target) from exc
         proto = onnx.load(str(traced))
