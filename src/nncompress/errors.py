@@ -96,3 +96,7 @@ __all__ = [
     "UnknownAlgorithmError",
     "UnsupportedAlgorithmError",
 ]
+
+
+class MissingPackageError(NNCompressError, ImportError):
+    """A package an optional feature needs is not installed; the message says how to install it."""

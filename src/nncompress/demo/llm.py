@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nncompress.errors import InvalidArgumentError, NNCompressError
+from nncompress.errors import InvalidArgumentError, MissingPackageError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -73,10 +73,6 @@ CALIBRATION_MODULES: tuple[str, ...] = (
 
 DECODE_PROMPT = "Write a short Python function that returns the sum of a list of numbers."
 """The fixed prompt :func:`decode_ms_per_token` continues."""
-
-
-class MissingPackageError(NNCompressError, ImportError):
-    """A package an optional feature needs is not installed; the message says how to install it."""
 
 
 class TextTokenizer(Protocol):
