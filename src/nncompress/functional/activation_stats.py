@@ -141,5 +141,5 @@ def hessian_accumulate(h: Tensor | None, count: int, x: Tensor) -> tuple[Tensor,
     if n == 0:
         return h, count
     total = count + n
-    h = h * (count / total) + (xf.T @ xf).to(torch.float64) / total
+    h = h.mul(count / total).add_((xf.T @ xf).to(torch.float64), alpha=1.0 / total)
     return h, total

@@ -35,8 +35,10 @@ from nncompress.functional.activation_stats import hessian_accumulate
 from nncompress.functional.weight_quant import (
     QuantizedWeight,
     WeightQuantSpec,
-    dequantize_weight,
-    quantize_weight,
+    codes_for,
+    compute_scale,
+    dequantize_codes,
+    grouped,
 )
 
 #: Relative floor of the channel magnitudes before the power: ``c_k >= 1e-6 max_j m_j``.
@@ -122,17 +124,43 @@ def awq_search_from_stats(
     # float32 products keep the K x K work fast; the errors are compared, not reported as exact
     h = hessian.to(w.device, torch.float32)
     wf = w.detach().float()
-    best: AWQResult | None = None
+    if not bool(torch.isfinite(wf).all()):
+        raise InvalidArgumentError("weight holds NaN or inf values; a non-finite weight cannot be quantized")
     errors = torch.zeros(len(alphas), dtype=torch.float64)
+    best = 0
     for i, alpha in enumerate(alphas):
         s = awq_scales(mean_abs.to(w.device), float(alpha)).float()
-        qw = quantize_weight(wf * s, spec)
-        err_w = wf - dequantize_weight(qw) / s
-        errors[i] = float(((err_w @ h) * err_w).sum(dtype=torch.float64))
-        if best is None or errors[i] < best.errors[0]:
-            best = AWQResult(qw, (1.0 / s).to(w.dtype), float(alpha), errors[i:i + 1].clone())
-    assert best is not None  # alphas is not empty
-    return AWQResult(best.qweight, best.input_multiplier, best.alpha, errors)
+        err_w = _fake_quantize(wf * s, spec).div_(s).neg_().add_(wf)  # W - Q(W diag s) diag(1/s)
+        errors[i] = float((err_w @ h).mul_(err_w).sum())
+        if errors[i] < errors[best]:
+            best = i
+    s = awq_scales(mean_abs.to(w.device), float(alphas[best])).float()
+    scaled = wf * s
+    scale, zero_point = compute_scale(scaled, spec)
+    codes = codes_for(grouped(scaled, spec.group_size), scale, zero_point, spec).reshape(w.shape[0], -1)
+    qweight = QuantizedWeight(codes, scale, zero_point, spec, k)
+    return AWQResult(qweight, (1.0 / s).to(w.dtype), float(alphas[best]), errors)
+
+
+def _fake_quantize(w: Tensor, spec: WeightQuantSpec) -> Tensor:
+    """``dequantize(quantize(w))`` ``[N, K]`` with round-to-nearest scales, in few passes.
+
+    The same arithmetic as :func:`codes_for` and :func:`dequantize_codes` (so the winner's codes,
+    computed by them, give exactly the error measured here), without the integer round trip.
+    """
+    scale, zero_point = compute_scale(w, spec)
+    wg = grouped(w, spec.group_size)
+    if spec.nf4:
+        values = dequantize_codes(codes_for(wg, scale, None, spec).reshape(w.shape[0], -1), scale, None, spec, w.shape[1])
+        return values
+    qmin, qmax = spec.code_range
+    q = torch.round(wg / scale.unsqueeze(-1))
+    if zero_point is not None:
+        z = zero_point.unsqueeze(-1).to(q.dtype)
+        q = q.add_(z).clamp_(qmin, qmax).sub_(z)
+    else:
+        q = q.clamp_(qmin, qmax)
+    return q.mul_(scale.unsqueeze(-1)).reshape(w.shape[0], -1)[:, : w.shape[1]]
 
 
 def _check(w: Tensor, k: int) -> int:

@@ -35,27 +35,61 @@ class Needs:
 
 
 class LayerCollector:
-    """What one layer input has shown so far, for every sample budget in :class:`Needs`."""
+    """What one layer input has shown so far, for every sample budget in :class:`Needs`.
+
+    Inputs are buffered up to :data:`FLUSH_TOKENS` tokens and their Hessian folded in at once: one large
+    ``x^T x`` costs far less than many small ones each followed by a ``K x K`` float64 update.
+    """
 
     def __init__(self, in_features: int, needs: Needs, device: torch.device | None = None) -> None:
         self.stats = {limit: ActivationStats.empty(in_features, device) for limit in needs.stats}
         self.hessians: dict[int, tuple[Tensor | None, int]] = {limit: (None, 0) for limit in needs.hessian}
+        self._limits = sorted(needs.stats | needs.hessian)
+        self._buffer: list[tuple[Tensor, int]] = []  # (tokens [T, K], samples seen before them)
+        self._buffered = 0
 
     def update(self, x: Tensor, seen: int) -> None:
         """Add input ``x`` ``[..., K]`` of a sample that ``seen`` samples came before."""
-        for limit, stats in self.stats.items():
-            if seen < limit:
-                stats.update(x)
-        for limit, (h, count) in self.hessians.items():
-            if seen < limit:
-                self.hessians[limit] = hessian_accumulate(h, count, x)
+        if not self._limits or seen >= self._limits[-1]:
+            return
+        # a copy: the model may change its activations in place after this layer has read them
+        flat = x.detach().reshape(-1, x.shape[-1])
+        self._buffer.append((flat.clone() if flat.dtype in (torch.float32, torch.float64) else flat.float(), seen))
+        self._buffered += flat.shape[0]
+        if self._buffered >= FLUSH_TOKENS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the buffered inputs into the statistics."""
+        for limit in self._limits:
+            chunks = [t for t, seen in self._buffer if seen < limit]
+            if not chunks:
+                continue
+            if limit in self.stats:  # sample by sample: max_variance is a maximum over samples
+                for chunk in chunks:
+                    self.stats[limit].update(chunk)
+            if limit in self.hessians:
+                x = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+                self.hessians[limit] = hessian_accumulate(*self.hessians[limit], x)
+        self._buffer.clear()
+        self._buffered = 0
 
     def hessian(self, limit: int) -> Tensor:
         """The mean ``x^T x`` over the first ``limit`` samples."""
+        self.flush()
         h = self.hessians[limit][0]
         if h is None:
             raise RuntimeError("a hooked layer never ran: no Hessian was collected")
         return h
+
+    def activation_stats(self, limit: int) -> ActivationStats:
+        """Per-channel statistics over the first ``limit`` samples."""
+        self.flush()
+        return self.stats[limit]
+
+
+#: Tokens buffered by a :class:`LayerCollector` before they are folded in.
+FLUSH_TOKENS = 2048
 
 
 class InputHooks:

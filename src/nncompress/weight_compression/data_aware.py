@@ -28,6 +28,7 @@ stops the run; the caller installs the compressed layers from the returned weigh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -121,7 +122,7 @@ def collect_activation_stats(
     missing = [n for n in modules if n not in hooks.collectors and n not in hooks.owner]
     if missing:
         raise InitDataError(f"the calibration samples never ran these layers: {', '.join(missing)}")
-    return {n: hooks.collector(n).stats[_ALL] for n in modules}
+    return {n: hooks.collector(n).activation_stats(_ALL) for n in modules}
 
 
 _ALL = 2**62  # a sample budget larger than any dataset
@@ -153,37 +154,60 @@ def compress_data_aware(
     modules = _linears(model, list(specs))
     inputs = as_model_inputs(samples)
     prefix, blocks = find_blocks(model)
-    in_block = _assign_to_blocks(model, prefix, blocks, modules)
+    runner = _LayerCompressor(awq, scale_estimation, gptq)
+    in_block = _assign_to_blocks(blocks, modules)
+    if not runner.active or all(specs[n].bits != 4 for names in in_block for n in names):
+        in_block = [[] for _ in blocks]  # round-to-nearest only: no forward pass needed
     originals = {n: m.weight.data for n, m in modules.items()}
     modes = [(m, m.training) for m in model.modules()]
     result: CompressedWeights = {}
-    runner = _LayerCompressor(awq, scale_estimation, gptq)
     try:
         model.eval()
         with torch.no_grad():
             if any(in_block):
                 block_inputs = inputs if prefix == "" else _capture_inputs(model, blocks[0], prefix, inputs)
-                last = max(i for i, names in enumerate(in_block) if names)
-                for i in tqdm(range(last + 1), desc="data-aware compression", unit="block", disable=not progress):
-                    names = in_block[i]
-                    if names:
-                        collected = _collect(blocks[i], prefix, block_inputs, {n: modules[n] for n in names}, runner.needs)
-                        for name in names:
-                            result[name] = runner.compress(originals[name].float(), specs[name], collected.collector(name))
-                            modules[name].weight.data = _effective_weight(*result[name]).to(originals[name].dtype)
-                    if i < last:
-                        block_inputs = _next_inputs(blocks[i], prefix, block_inputs)
-                    for name in names:
-                        modules[name].weight.data = originals[name]
+                _run_blocks(_Blocks(prefix, blocks, in_block), block_inputs, modules, specs, runner, result, progress)
             for name in specs:
                 if name not in result:
-                    result[name] = (quantize_weight(originals[name].float(), specs[name]), None)
+                    result[name] = (quantize_weight(modules[name].weight.data.float(), specs[name]), None)
     finally:
         for name, weight in originals.items():
             modules[name].weight.data = weight
         for m, training in modes:
             m.training = training
     return {n: result[n] for n in specs}
+
+
+@dataclass
+class _Blocks:
+    prefix: str
+    modules: list[nn.Module]
+    linears: list[list[str]]  # planned linear names of each block
+
+
+def _run_blocks(
+    blocks: _Blocks, block_inputs: list[ModelInputs], modules: Mapping[str, nn.Linear],
+    specs: Mapping[str, WeightQuantSpec], runner: _LayerCompressor, result: CompressedWeights, progress: bool,
+) -> None:
+    """Compress each block's planned linears in order; the next block sees the compressed outputs.
+
+    Each block's float weights are put back once its outputs are computed (the caller's
+    ``finally`` puts them back should anything fail in between).
+    """
+    last = max(i for i, names in enumerate(blocks.linears) if names)
+    for i in tqdm(range(last + 1), desc="data-aware compression", unit="block", disable=not progress):
+        names = blocks.linears[i]
+        originals = {n: modules[n].weight.data for n in names}
+        if names:
+            collected = _collect(blocks.modules[i], blocks.prefix, block_inputs, {n: modules[n] for n in names},
+                                 runner.needs)
+            for name in names:
+                result[name] = runner.compress(originals[name].float(), specs[name], collected.collector(name))
+                modules[name].weight.data = _effective_weight(*result[name]).to(originals[name].dtype)
+        if i < last:
+            block_inputs = _next_inputs(blocks.modules[i], blocks.prefix, block_inputs)
+        for name in names:
+            modules[name].weight.data = originals[name]
 
 
 class _LayerCompressor:
@@ -200,22 +224,27 @@ class _LayerCompressor:
         if gptq is not None:
             self.needs.hessian.add(gptq.subset_size)
 
+    @property
+    def active(self) -> bool:
+        """Whether any data-aware algorithm is on."""
+        return self.awq is not None or self.se is not None or self.gptq is not None
+
     def compress(self, w: Tensor, spec: WeightQuantSpec, stats: LayerCollector) -> tuple[QuantizedWeight, Tensor | None]:
         """``(qweight, multiplier)`` of float32 weight ``w`` from its input statistics."""
-        if spec.bits != 4 or (self.awq is None and self.se is None and self.gptq is None):
+        if spec.bits != 4 or not self.active:
             return quantize_weight(w, spec), None
         qw = None
         s = torch.ones(w.shape[1], dtype=torch.float64, device=w.device)
         if self.awq is not None:
             a = self.awq
-            res = awq_search_from_stats(w, stats.stats[a.subset_size].mean_abs, stats.hessian(a.subset_size), spec,
+            res = awq_search_from_stats(w, stats.activation_stats(a.subset_size).mean_abs, stats.hessian(a.subset_size), spec,
                                         alpha_grid(a.alpha_min, a.alpha_max, a.steps))
             if res.alpha != 0.0:
                 qw, s = res.qweight, 1.0 / res.input_multiplier.to(torch.float64)
                 w = w * s.to(w.dtype)
         importance = None
         if self.se is not None:
-            importance = (stats.stats[self.se.subset_size].mean_sq.to(w.device) / s**2).to(w.dtype)
+            importance = (stats.activation_stats(self.se.subset_size).mean_sq.to(w.device) / s**2).to(w.dtype)
         if self.gptq is not None:
             h = stats.hessian(self.gptq.subset_size).to(w.device) / torch.outer(s, s)
             scale_fn = None if importance is None or self.se is None else _se_scale_fn(spec, importance, self.se)
@@ -257,7 +286,7 @@ def _linears(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Linear]:
     return out
 
 
-def _assign_to_blocks(model: nn.Module, prefix: str, blocks: list[nn.Module], modules: Mapping[str, nn.Module]) -> list[list[str]]:
+def _assign_to_blocks(blocks: list[nn.Module], modules: Mapping[str, nn.Module]) -> list[list[str]]:
     """Planned linear names inside each block (in the model's module order)."""
     owner = {id(m): i for i, b in enumerate(blocks) for m in b.modules()}
     names: list[list[str]] = [[] for _ in blocks]
