@@ -96,6 +96,13 @@ def test_awq_and_scale_estimation_beat_rtn(smollm2: dict[str, Any]) -> None:
     assert ppl < rtn
 
 
+def test_scale_estimation_alone_beats_rtn(smollm2: dict[str, Any]) -> None:
+    rtn = smollm2["ppl"].get("int4_sym") or compressed(smollm2, "int4_sym", mode="int4_sym", group_size=64)[1]
+    _, ppl = compressed(smollm2, "se", mode="int4_sym", group_size=64, dataset=smollm2["calibration"],
+                        scale_estimation=True)
+    assert ppl < rtn  # measured 13.25 -> 11.96 on 8 windows with 16 calibration samples of 512
+
+
 def test_ratio_keeps_sensitive_layers_int8_and_helps(smollm2: dict[str, Any]) -> None:
     _, full = compressed(smollm2, "int4_asym", mode="int4_asym", group_size=64)
     model, mixed = compressed(smollm2, "int4_asym_0.8", mode="int4_asym", group_size=64, ratio=0.8)
