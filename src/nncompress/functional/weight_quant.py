@@ -189,10 +189,15 @@ def quantize_weight(
     if not torch.is_floating_point(w):
         raise InvalidArgumentError(f"weight must be a float tensor, got {w.dtype}")
     wg = grouped(w, spec.group_size)
-    if not bool(torch.isfinite(wg).all()):
-        raise InvalidArgumentError("weight holds NaN or inf values; a non-finite weight cannot be quantized")
     if scale is None:
         scale, zero_point = compute_scale(w, spec)
+        # every mode's scale takes a max over its group, which NaN and inf propagate to: checking
+        # the [N, G] scales finds them without another pass over the weight
+        finite = bool(torch.isfinite(scale).all())
+    else:
+        finite = bool(torch.isfinite(wg).all())
+    if not finite:
+        raise InvalidArgumentError("weight holds NaN or inf values; a non-finite weight cannot be quantized")
     if tuple(scale.shape) != tuple(wg.shape[:2]):
         raise InvalidArgumentError(f"scale must have shape {tuple(wg.shape[:2])}, got {tuple(scale.shape)}")
     if not spec.symmetric and zero_point is None:
