@@ -36,6 +36,7 @@ from nncompress.functional.weight_quant import (
     WeightQuantSpec,
     codes_for,
     compute_scale,
+    dequantize_weight,
     grouped,
     quantize_weight,
 )
@@ -108,10 +109,17 @@ def estimate_scales(
     best_s = _search(wg, imp, s0, zero_point, spec, initial_steps, scale_steps, shrink, grow)
     # store in w's dtype and re-round; keep the start wherever that is not strictly better
     candidate = best_s.to(start.scale.dtype)
-    err_start = weighted_group_error(wg, imp, start.scale, zero_point, spec)
-    err_new = weighted_group_error(wg, imp, candidate, zero_point, spec)
+    err_start = _stored_error(w, wg, imp, start)
+    err_new = _stored_error(w, wg, imp, quantize_weight(w, spec, candidate, zero_point))
     final = torch.where(err_new < err_start, candidate, start.scale)
     return quantize_weight(w, spec, final, zero_point)
+
+
+def _stored_error(w: Tensor, wg: Tensor, imp: Tensor, qw: QuantizedWeight) -> Tensor:
+    """Weighted error ``[N, G]`` of ``qw`` as stored: rounded and dequantized in ``w``'s dtype (a
+    float32 quotient can round a tie the other way than the float64 search did)."""
+    diff = wg - grouped(dequantize_weight(qw).to(torch.float64), qw.spec.group_size)
+    return (imp * diff * diff).sum(dim=-1)
 
 
 def _search(
