@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import transformers
@@ -211,3 +216,19 @@ def test_summary_counts_formats_and_bits() -> None:
     assert s.layers["int4_sym g32"] == 14 and s.layers["int8_asym"] == 1  # tied head counted once
     assert 4.0 < s.bits < 8.0
     assert "int4_sym g32" in str(s) and s.reasons["lm_head"].startswith("backup mode")
+
+
+def test_export_model_writes_packed_onnx_and_needs_an_example(tmp_path: Path) -> None:
+    model = nnc.compress_weights(tiny_llama(), mode="int4_sym", group_size=32,
+                                 advanced_parameters=nnc.AdvancedCompressionParameters(progress=False))
+    model.config.use_cache = False
+    with pytest.raises(InvalidArgumentError, match="model_args"):
+        nnc.export_model(model, str(tmp_path / "m.onnx"))
+    inputs = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+    nnc.export_model(model, str(tmp_path / "m.onnx"), model_args=(inputs,), output_names=["logits"])
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sum(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node) == 14
+    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    with torch.no_grad(), exact_matmul():
+        want = model(**inputs).logits.numpy()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
