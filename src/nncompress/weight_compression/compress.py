@@ -20,8 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from nncompress.errors import InvalidArgumentError
-from nncompress.functional.weight_quant import QuantizedWeight, WeightQuantSpec, quantize_weight
-from nncompress.ptq.dataset import Dataset
+from nncompress.functional.weight_quant import QuantizedWeight, quantize_weight
+from nncompress.ptq.dataset import Dataset, take_samples
 from nncompress.ptq.params import IgnoredScope
 from nncompress.torch.inputs import ModelInputs
 from nncompress.weight_compression.checkpoint import replace_module
@@ -44,7 +44,7 @@ from nncompress.weight_compression.plan import (
     weighted_layers,
 )
 from nncompress.weight_compression.sensitivity import layer_score, weight_error_columns
-from nncompress.weight_compression.summary import WeightCompressionSummary, take_samples
+from nncompress.weight_compression.summary import WeightCompressionSummary
 
 Quantized = dict[str, tuple[QuantizedWeight, torch.Tensor | None]]
 
@@ -105,7 +105,7 @@ def compress_weights(
     if not entries:
         raise InvalidArgumentError(f"{type(model).__name__} has no nn.Linear or nn.Embedding layer to compress")
     candidates = initial_plan(model, entries, opts)
-    samples = take_samples(dataset, subset_size) if dataset is not None else []
+    samples = take_samples(dataset, subset_size, "dataset")[0] if dataset is not None else []
     if opts.ratio < 1.0 and candidates:
         scores = _scores(model, candidates, opts, metric, samples, adv.progress)
         apply_ratio(candidates, opts.ratio, scores, opts.backup())
@@ -214,7 +214,6 @@ def _quantize(model: nn.Module, entries: list[LayerEntry], samples: list[ModelIn
 def _install(model: nn.Module, entries: list[LayerEntry], quantized: Quantized) -> None:
     """Replace the planned modules by compressed ones (tied layers share one compressed tensor)."""
     made: dict[str, nn.Module] = {}
-    by_name = {e.name: e for e in entries}
     for e in entries:
         if e.name in quantized:
             qw, multiplier = quantized[e.name]
@@ -223,7 +222,7 @@ def _install(model: nn.Module, entries: list[LayerEntry], quantized: Quantized) 
         if e.spec is None or e.name in made:
             continue
         holder = next(made[t] for t in e.tied if t in made)
-        made[e.name] = _tied(e, holder, by_name)
+        made[e.name] = _tied(e, holder)
     for name, module in made.items():
         replace_module(model, name, module)
 
@@ -235,7 +234,7 @@ def _compressed(e: LayerEntry, qw: QuantizedWeight, multiplier: torch.Tensor | N
     return CompressedLinear.from_quantized(qw, e.bias, multiplier)
 
 
-def _tied(e: LayerEntry, holder: nn.Module, by_name: dict[str, LayerEntry]) -> nn.Module:
+def _tied(e: LayerEntry, holder: nn.Module) -> nn.Module:
     """A module for ``e`` reading the compressed tensor of the tied ``holder``."""
     if e.kind == "linear" and isinstance(holder, CompressedEmbedding):
         return CompressedLinear.tied_to(holder, e.bias)
@@ -243,7 +242,3 @@ def _tied(e: LayerEntry, holder: nn.Module, by_name: dict[str, LayerEntry]) -> n
         f"layer {e.name!r} shares its weight with a layer of another kind; pass it in ignored_scope"
     )
 
-
-def spec_of(module: nn.Module) -> WeightQuantSpec | None:
-    """The format of a compressed module, ``None`` for others."""
-    return getattr(module, "spec", None) if isinstance(module, (CompressedLinear, CompressedEmbedding)) else None

@@ -6,25 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nncompress.ptq.dataset import Dataset
-from nncompress.ptq.dataset import take_samples as _take
-from nncompress.torch.inputs import ModelInputs
-
 if TYPE_CHECKING:
     from nncompress.weight_compression.params import SensitivityMetric
     from nncompress.weight_compression.plan import LayerEntry
 
 
-def take_samples(dataset: Dataset, subset_size: int) -> list[ModelInputs]:
-    """Up to ``subset_size`` calibration samples of ``dataset`` as model inputs."""
-    return _take(dataset, subset_size, "dataset")[0]
-
-
 def storage_bits(bits: int, group_size: int, asymmetric: bool) -> float:
-    """Stored bits per weight: the code plus a float16-equivalent share of scale (and zero point).
-
-    Scales are stored as float32 here (32 bits per group) and zero points as one byte per group.
-    """
+    """Stored bits per weight: the code plus its share of the group's float32 scale (and uint8 zero point)."""
     per_group = 32 + (8 if asymmetric else 0)
     return bits + per_group / group_size
 
